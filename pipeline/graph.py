@@ -1,0 +1,70 @@
+"""The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
+
+    messages → ParseEvents → RouteToSyncs ─┬─ track items ────────────────┐
+                                           └─ identify work → Identify ───┴→ PackRequests
+                                                                              → WriteToBraze
+    outcomes:      parse failures + skips by rule + what the sink delivered or dead-lettered
+    dead letters:  parse failures + objects Braze did not take
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Tuple
+
+import apache_beam as beam
+
+from pipeline.config import Sync
+from transforms.batching import PackRequests
+from transforms.identify import IdentifyDoFn
+from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
+from transforms.parse import ParseEvents
+from transforms.route import RouteToSyncs
+from transforms.secrets import resolve_api_key
+from transforms.sink import DEAD_LETTER_TAG, WriteToBraze
+
+
+class EventsToBraze(beam.PTransform):
+    """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter}``."""
+
+    def __init__(
+        self,
+        syncs: Tuple[Sync, ...],
+        *,
+        limit_mode: str = "combined",
+        max_batch_wait_seconds: float = 2.0,
+        shards: int = 4,
+        timeout_seconds: float = 10.0,
+        max_attempts: int = 6,
+        max_retry_seconds: float = 120.0,
+        resolve_key: Callable[[str], str] = resolve_api_key,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ):
+        super().__init__()
+        self._syncs = tuple(s for s in syncs if s.enabled)
+        if not self._syncs:
+            raise ValueError("no enabled sync: set 'enabled: true' on at least one sync in the syncs file")
+        self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
+        self._write = dict(
+            timeout_seconds=timeout_seconds, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
+            resolve_key=resolve_key, sleep=sleep, clock=clock,
+        )
+
+    def expand(self, messages):
+        parsed = messages | "ParseEvents" >> ParseEvents()
+        routed = parsed.events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
+        selected = {s.name: s.users.properties for s in self._syncs}
+        identified = routed.identify | "Identify" >> beam.ParDo(IdentifyDoFn(selected)).with_outputs(
+            IDENTIFY_OUTCOMES, main="attributes"
+        )
+        objects = (routed.track, identified.attributes) | "AllObjects" >> beam.Flatten()
+        written = (
+            objects
+            | "PackRequests" >> PackRequests(**self._pack)
+            | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
+        )
+        outcomes = (
+            parsed.outcomes, routed.outcomes, identified[IDENTIFY_OUTCOMES], written.outcomes,
+        ) | "AllOutcomes" >> beam.Flatten()
+        dead_letters = (parsed.dead_letters, written[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
+        return {"outcomes": outcomes, "dead_letters": dead_letters}

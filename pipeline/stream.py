@@ -1,0 +1,91 @@
+"""Entry point of the event-streaming job.
+
+    python -m pipeline.stream --input_subscription=projects/P/subscriptions/S \\
+        --dead_letter_topic=projects/P/topics/T --sync_config=syncs.yaml [Beam options]
+
+Locally it runs on the BundleBasedDirectRunner unless ``--runner`` says otherwise (the plain
+DirectRunner would first try to download Prism, and only the bundle-based runner reads
+Pub/Sub). On Dataflow the flex template launches the same module.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import ReadFromPubSub
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.config import ConfigError, enabled_syncs, load_syncs
+from pipeline.graph import EventsToBraze
+from pipeline.options import StreamOptions, check_stream_options
+from transforms.dead_letters import WriteDeadLetters
+from transforms.outcomes import RecordOutcomes
+
+LOCAL_RUNNER = "BundleBasedDirectRunner"
+
+
+def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """The job's graph, checked and ready to run; raises ConfigError/ValueError on bad input."""
+    opts = options.view_as(StreamOptions)
+    problems = check_stream_options(opts)
+    if problems:
+        raise ValueError("invalid options:\n" + "\n".join(f"  {p}" for p in problems))
+    syncs = enabled_syncs(load_syncs(opts.sync_config, allow_insecure_endpoints=opts.allow_insecure_endpoints))
+    if not syncs:
+        raise ConfigError(opts.sync_config, ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if not standard.runner:
+        standard.runner = LOCAL_RUNNER
+
+    pipeline = beam.Pipeline(options=options)
+    results = (
+        pipeline
+        | "ReadFromPubSub" >> ReadFromPubSub(subscription=opts.input_subscription, with_attributes=True)
+        | "EventsToBraze" >> EventsToBraze(
+            syncs,
+            limit_mode=opts.braze_batch_limit_mode,
+            max_batch_wait_seconds=opts.max_batch_wait_seconds,
+            shards=opts.batch_shards_per_sync,
+            timeout_seconds=opts.braze_timeout_seconds,
+            max_attempts=opts.braze_max_attempts,
+            max_retry_seconds=opts.braze_max_retry_seconds,
+        )
+    )
+    results["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_topic)
+    results["outcomes"] | "RecordOutcomes" >> RecordOutcomes(opts.outcome_topic)
+    return pipeline
+
+
+def _print_help() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stream",
+        description="Stream Amplitude events from Pub/Sub to Braze /users/track. Beam's own options "
+        "(--runner, --project, --region, ...) are accepted as well.",
+    )
+    StreamOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        pipeline = build_pipeline(PipelineOptions(argv))
+    except (ConfigError, ValueError) as e:
+        print(f"pipeline.stream: {e}", file=sys.stderr)
+        return 2
+    result = pipeline.run()
+    if pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER:
+        result.wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,73 @@
+"""Parsing: both Amplitude shapes, arrays, and a dead-letter reason for every kind of bad input."""
+import orjson
+import pytest
+
+from transforms.parse import ParseError, parse_event_time_ms, parse_message
+from transforms.records import ParsedEvent
+
+
+def _parse(data, publish_ms=1_700_000_000_000):
+    return list(parse_message(data, "m1", publish_ms))
+
+
+def test_http_v2_event():
+    data = orjson.dumps({"event_type": "Play", "user_id": "user-1", "time": 1700000000123, "insert_id": "i-1",
+                         "event_properties": {"a": 1}})
+    [event] = _parse(data)
+    assert event == ParsedEvent("m1/0", 1_700_000_000_000, "i-1", 1700000000123, event.event)
+    assert event.event["user_properties"] == {}
+
+
+def test_export_shape_event():
+    data = orjson.dumps({"event_type": "Play", "device_id": "d-1", "event_time": "2022-02-28 20:07:01.795000",
+                         "$insert_id": "x", "uuid": "u"})
+    [event] = _parse(data)
+    assert event.time_ms == 1646078821795
+    assert event.insert_id == "x"
+
+
+def test_uuid_is_the_last_resort_insert_id_and_publish_time_the_last_resort_time():
+    [event] = _parse(orjson.dumps({"event_type": "Play", "user_id": "user-1", "uuid": "u-9"}))
+    assert (event.insert_id, event.time_ms) == ("u-9", 1_700_000_000_000)
+
+
+def test_array_message_gives_one_source_per_event():
+    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1}, {"event_type": "B", "user_id": "user-2", "time": 2}])
+    assert [e.source for e in _parse(data)] == ["m1/0", "m1/1"]
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\xff\xfe", "invalid_encoding"),
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[]", "empty_message"),
+        (b"42", "not_an_object"),
+        (orjson.dumps({"user_id": "user-1"}), "missing_event_type"),
+        (orjson.dumps({"event_type": "", "user_id": "user-1"}), "missing_event_type"),
+        (orjson.dumps({"event_type": "A"}), "missing_user_and_device_id"),
+        (orjson.dumps({"event_type": "A", "user_id": "user-1", "time": "2024-01-01"}), "invalid_time"),
+        (orjson.dumps({"event_type": "A", "user_id": "user-1", "event_time": "yesterday"}), "invalid_time"),
+        (orjson.dumps({"event_type": "A", "user_id": "user-1", "event_properties": [1]}), "invalid_properties"),
+    ],
+)
+def test_bad_input_becomes_a_reason_never_an_exception(data, reason):
+    [(source, error, payload)] = _parse(data)
+    assert source == "m1/0"
+    assert error.reason == reason
+    assert error.detail
+
+
+def test_one_bad_event_in_an_array_keeps_the_good_ones_and_names_the_bad_one():
+    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1}, {"user_id": "user-2"}])
+    good, (source, error, payload) = _parse(data)
+    assert good.source == "m1/0"
+    assert (source, error.reason) == ("m1/1", "missing_event_type")
+    assert orjson.loads(payload) == {"user_id": "user-2"}  # the event to replay, not the whole array
+
+
+def test_missing_time_without_publish_time_is_an_error():
+    with pytest.raises(ParseError) as e:
+        parse_event_time_ms({"event_type": "A"}, None)
+    assert e.value.reason == "missing_time"

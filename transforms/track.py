@@ -1,0 +1,27 @@
+"""The track branch: a selected Amplitude event → one Braze event object."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from transforms.records import iso_from_ms
+
+# Amplitude's identify calls travel as events but are not events a user did.
+NOT_TRACKED_EVENT_TYPES = frozenset({"$identify", "$groupidentify"})
+
+
+def event_object(
+    event: dict, time_ms: int, identifier_fields: dict, properties: Tuple[str, ...], app_id: Optional[str]
+) -> dict:
+    """Braze event object: identifier, ``name``, ``time`` (ISO 8601 UTC), ``app_id``, and only
+    the selected event properties that the event carries (none selected → none sent)."""
+    obj = dict(identifier_fields)
+    obj["name"] = event["event_type"]
+    obj["time"] = iso_from_ms(time_ms)
+    if app_id:
+        obj["app_id"] = app_id
+    if properties:
+        source = event["event_properties"]
+        selected = {name: source[name] for name in properties if name in source}
+        if selected:
+            obj["properties"] = selected
+    return obj
