@@ -1,0 +1,114 @@
+"""API-key references: env:, Secret Manager versions, and errors that never show a key."""
+from types import SimpleNamespace
+
+import pytest
+from google.api_core import exceptions as gexc
+
+from transforms import secrets
+from transforms.secrets import SecretError, is_reference, resolve_api_key
+
+VERSION = "projects/p1/secrets/braze-key/versions/3"
+KEY = "sk-live-0123456789abcdef"
+
+
+class FakeSecretManager:
+    def __init__(self, payload=None, error=None):
+        self.payload = payload
+        self.error = error
+        self.names = []
+
+    def access_secret_version(self, name):
+        self.names.append(name)
+        if self.error is not None:
+            raise self.error
+        return SimpleNamespace(payload=SimpleNamespace(data=self.payload))
+
+
+def test_env_reference(monkeypatch):
+    monkeypatch.setenv("BRAZE_KEY_T", f"  {KEY}\n")
+    assert resolve_api_key("env:BRAZE_KEY_T") == KEY
+
+
+def test_env_missing(monkeypatch):
+    monkeypatch.delenv("BRAZE_KEY_MISSING", raising=False)
+    with pytest.raises(SecretError) as e:
+        resolve_api_key("env:BRAZE_KEY_MISSING")
+    assert str(e.value) == "environment variable BRAZE_KEY_MISSING named by the api_key reference is not set"
+    assert e.value.permanent
+
+
+def test_env_empty(monkeypatch):
+    monkeypatch.setenv("BRAZE_KEY_EMPTY", "  ")
+    with pytest.raises(SecretError, match="BRAZE_KEY_EMPTY.*empty"):
+        resolve_api_key("env:BRAZE_KEY_EMPTY")
+
+
+@pytest.mark.parametrize("reference", ["env:", "env:1BAD", "env:A-B"])
+def test_env_bad_name(reference):
+    with pytest.raises(SecretError, match="not an environment variable name"):
+        resolve_api_key(reference)
+
+
+@pytest.mark.parametrize("reference", [
+    KEY, "", "projects/p/secrets/s", "projects/p/secrets/s/versions/", "projects//secrets/s/versions/1",
+    "secret:foo", "projects/p/secrets/s/versions/1/extra",
+])
+def test_unknown_form_is_not_echoed(reference):
+    with pytest.raises(SecretError) as e:
+        resolve_api_key(reference)
+    assert "neither" in str(e.value)
+    if reference:
+        assert reference not in str(e.value)
+    assert not is_reference(reference)
+
+
+def test_not_a_string():
+    with pytest.raises(SecretError, match="must be a string"):
+        resolve_api_key(None)
+
+
+def test_secret_manager_version():
+    client = FakeSecretManager(payload=f"{KEY}\n".encode())
+    assert resolve_api_key(VERSION, client=client) == KEY
+    assert client.names == [VERSION]
+
+
+def test_secret_manager_uses_process_client():
+    client = FakeSecretManager(payload=KEY.encode())
+    secrets.reset_client(client)
+    try:
+        assert resolve_api_key(VERSION) == KEY
+    finally:
+        secrets.reset_client(None)
+
+
+@pytest.mark.parametrize("error, text, permanent", [
+    (gexc.NotFound("no such secret"), "does not exist", True),
+    (gexc.PermissionDenied("denied"), "permission denied", True),
+    (gexc.FailedPrecondition("version is disabled"), "disabled or destroyed", True),
+    (gexc.InvalidArgument("bad"), "could not read", True),
+    (gexc.ServiceUnavailable("down"), "unavailable", False),
+    (gexc.DeadlineExceeded("slow"), "unavailable", False),
+])
+def test_secret_manager_errors(error, text, permanent):
+    with pytest.raises(SecretError) as e:
+        resolve_api_key(VERSION, client=FakeSecretManager(error=error))
+    assert text in str(e.value)
+    assert VERSION in str(e.value)
+    assert e.value.permanent is permanent
+    assert e.value.__cause__ is None  # the Google error (and its metadata) is not chained
+
+
+@pytest.mark.parametrize("payload, text", [(b"", "empty"), (b" \n", "empty"), (b"\xff\xfe", "UTF-8")])
+def test_secret_manager_bad_payload(payload, text):
+    with pytest.raises(SecretError, match=text) as e:
+        resolve_api_key(VERSION, client=FakeSecretManager(payload=payload))
+    assert VERSION in str(e.value)
+
+
+@pytest.mark.parametrize("reference, ok", [
+    ("env:BRAZE_KEY", True), (VERSION, True), ("projects/p/secrets/s/versions/latest", True),
+    ("env:", False), (KEY, False), (42, False),
+])
+def test_is_reference(reference, ok):
+    assert is_reference(reference) is ok

@@ -1,0 +1,376 @@
+"""WriteToBraze in bounded pipelines (FnApiRunner) against the real Braze simulator over HTTP.
+
+What reached Braze is read from the simulator (``SimClient.users()`` / ``.requests()``), not
+from our own counters. Sleeps are injected (recorded, not slept) so retries are fast.
+"""
+import itertools
+import logging
+import threading
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipeline.config import Sync
+from transforms import sink as sink_mod
+from transforms.records import ATTRIBUTES, DEAD_LETTERED, DELIVERED, EVENTS, IDENTIFY, PURCHASES, TRACK, \
+    BrazeItem, DeadLetter, Outcome
+from transforms.sink import DEAD_LETTER_TAG, WriteToBraze
+
+sim_pkg = pytest.importorskip("local.braze_sim", reason="the Braze simulator (local/braze_sim) is not there yet")
+BrazeSimulator, SimClient = sim_pkg.BrazeSimulator, sim_pkg.SimClient
+from local.braze_sim.rules import MISSING_ID  # noqa: E402
+
+KEY_ENV = "AMPLITUDE_BRAZE_TEST_SINK_KEY"
+BAD_KEY_ENV = "AMPLITUDE_BRAZE_TEST_SINK_BAD_KEY"
+BAD_KEY = "bad-key-3a7e1c0d9b2f-not-the-sim-one"
+TIME = "2026-01-15T10:00:00.000Z"
+
+# --- Collected outputs and recorded sleeps. Module-level so the pickled DoFn and Map
+# functions (pickled by reference) write to the same objects as the test reads.
+_LOCK = threading.Lock()
+_COLLECTED = {}
+_SLEEPS = []
+_RUN_IDS = itertools.count()
+_ROTATING_KEYS = []
+
+
+def _store(element, run_id, tag):
+    with _LOCK:
+        _COLLECTED.setdefault((run_id, tag), []).append(element)
+
+
+def _record_sleep(seconds):
+    with _LOCK:
+        _SLEEPS.append(seconds)
+
+
+def _rotating_resolver(reference):
+    """First call: a stale key; later calls: the current one (a rotated key)."""
+    with _LOCK:
+        return _ROTATING_KEYS.pop(0) if len(_ROTATING_KEYS) > 1 else _ROTATING_KEYS[0]
+
+
+# --- Fixtures
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with BrazeSimulator(api_keys=None, object_limit_mode="combined", rate_limit=3000,
+                        rate_window_seconds=3.0).start(port=0) as s:
+        yield s
+
+
+@pytest.fixture
+def braze(sim, monkeypatch):
+    client = SimClient(sim.url)
+    client.reset()
+    client.clear_faults()
+    monkeypatch.setenv(KEY_ENV, sim.api_key)
+    monkeypatch.setenv(BAD_KEY_ENV, BAD_KEY)
+    with _LOCK:
+        _SLEEPS.clear()
+    yield client
+    client.clear_faults()
+
+
+def sync(sim, name="s1", key_env=KEY_ENV):
+    return Sync(name=name, endpoint=sim.url, api_key=f"env:{key_env}")
+
+
+def event(user, n, sync_name="s1", **extra):
+    obj = {"external_id": user, "name": "played", "time": TIME, "properties": {"n": n}, **extra}
+    return BrazeItem(sync_name, user, EVENTS, obj, (f"m{user}-{n}/0",), TRACK, 1_700_000_000_000)
+
+
+def attrs(user, sync_name="s1", sources=None, **values):
+    obj = {"external_id": user, **values}
+    return BrazeItem(sync_name, user, ATTRIBUTES, obj, sources or (f"a{user}/0",), IDENTIFY, None)
+
+
+def run(batches, syncs, **kwargs):
+    """Run WriteToBraze over the batches; return (outcomes, dead letters, metrics by name)."""
+    run_id = next(_RUN_IDS)
+    kwargs.setdefault("sleep", _record_sleep)
+    kwargs.setdefault("backoff_base_seconds", 0.001)
+    p = beam.Pipeline(runner="FnApiRunner")
+    results = (p | beam.Create([(f"k{i}", list(b)) for i, b in enumerate(batches)], reshuffle=False)
+               | WriteToBraze(syncs, **kwargs))
+    _ = results[sink_mod.OUTCOMES_TAG] | "outcomes" >> beam.Map(_store, run_id, "outcomes")
+    _ = results[DEAD_LETTER_TAG] | "dead letters" >> beam.Map(_store, run_id, "dead")
+    result = p.run()
+    result.wait_until_finish()
+    metrics = {}
+    query = result.metrics().query(MetricsFilter())
+    for c in query["counters"]:
+        metrics[c.key.metric.name] = metrics.get(c.key.metric.name, 0) + c.committed
+    for d in query["distributions"]:
+        metrics[d.key.metric.name] = d.committed
+    with _LOCK:
+        outcomes = _COLLECTED.pop((run_id, "outcomes"), [])
+        dead = _COLLECTED.pop((run_id, "dead"), [])
+    return outcomes, dead, metrics
+
+
+def all_users(braze):
+    users = braze.users()
+    return users["users"] if isinstance(users, dict) else users  # the brief said a dict; it is a list
+
+
+def users_by_id(braze):
+    return {u["external_id"]: u for u in all_users(braze)}
+
+
+def track_requests(braze):
+    return [r for r in braze.requests() if r.get("path") == "/users/track"]
+
+
+# --- Delivery
+
+
+def test_valid_batch_reaches_braze(sim, braze):
+    batch = [attrs("u1", plan="pro"), event("u1", 1), event("u2", 2)]
+    outcomes, dead, metrics = run([batch], [sync(sim)])
+    assert dead == []
+    assert sorted(outcomes) == sorted(
+        [Outcome("au1/0", "s1", IDENTIFY, DELIVERED), Outcome("mu1-1/0", "s1", TRACK, DELIVERED),
+         Outcome("mu2-2/0", "s1", TRACK, DELIVERED)])
+    users = users_by_id(braze)
+    assert users["u1"]["attributes"]["plan"] == "pro"
+    assert [e["name"] for e in users["u1"]["events"]] == ["played"]
+    assert [e["name"] for e in users["u2"]["events"]] == ["played"]
+    assert metrics["s1.requests"] == 1
+    assert metrics["s1.objects_delivered"] == 3
+    assert metrics["s1.objects_per_request"].max == 3
+    assert metrics["s1.delivery_latency_ms"].count == 2  # only the events have a publish time
+
+
+def test_one_invalid_object_is_dead_lettered_with_brazes_reason(sim, braze):
+    bad = event("u2", 2)._replace(obj={"name": "played", "time": TIME})  # no identifier
+    batch = [event("u1", 1), bad, event("u3", 3)]
+    outcomes, dead, metrics = run([batch], [sync(sim)])
+    assert len(dead) == 1
+    letter = dead[0]
+    assert isinstance(letter, DeadLetter)
+    assert (letter.stage, letter.reason, letter.sync, letter.http_status, letter.attempts) == (
+        "braze", "braze_rejected", "s1", 201, 1)
+    assert letter.detail == MISSING_ID  # Braze's own text for this error
+    assert letter.payload == bad.obj and letter.sources == bad.sources and letter.failed_at
+    assert Outcome("mu2-2/0", "s1", TRACK, DEAD_LETTERED, "braze_rejected") in outcomes
+    assert sum(o.status == DELIVERED for o in outcomes) == 2
+    assert set(users_by_id(braze)) == {"u1", "u3"}
+
+
+def test_all_invalid_batch_dead_letters_each_object(sim, braze):
+    batch = [event("u1", 1)._replace(obj={"external_id": "u1", "time": TIME}),
+             BrazeItem("s1", "u2", PURCHASES, {"external_id": "u2", "product_id": "p", "currency": "USD",
+                                              "price": 1.0, "quantity": 1000, "time": TIME},
+                       ("p/0",), TRACK, None)]
+    outcomes, dead, _ = run([batch], [sync(sim)])
+    assert {(d.reason, d.http_status) for d in dead} == {("braze_rejected", 400)}
+    assert sorted(d.detail for d in dead) == ["'name' is required", "'quantity' is not valid"]
+    assert {o.status for o in outcomes} == {DEAD_LETTERED}
+    assert all_users(braze) == []
+
+
+def test_too_many_objects_are_split_in_halves(sim, braze):
+    batch = [event(f"u{i}", i) for i in range(80)]  # over the combined limit of 75
+    outcomes, dead, metrics = run([batch], [sync(sim)])
+    assert dead == []
+    assert len(outcomes) == 80 and {o.status for o in outcomes} == {DELIVERED}
+    assert len(users_by_id(braze)) == 80
+    statuses = [r.get("status") for r in track_requests(braze)]
+    assert statuses[0] == 400 and statuses[1:] == [201, 201]
+
+
+def test_413_splits_and_a_single_oversized_object_is_dead_lettered(sim, braze):
+    big = "x" * (1536 * 1024)  # three of these (4.5 MB) are over Braze's 4 MB
+    batch = [attrs(f"u{i}", note=big) for i in range(3)] + [attrs("huge", note="y" * (4 * 1024 * 1024 + 10))]
+    outcomes, dead, _ = run([batch], [sync(sim)])
+    assert [(d.reason, d.http_status, d.payload["external_id"]) for d in dead] == [("payload_too_large", 413, "huge")]
+    assert sorted(o.source for o in outcomes if o.status == DELIVERED) == ["au0/0", "au1/0", "au2/0"]
+    assert set(users_by_id(braze)) == {"u0", "u1", "u2"}
+    assert 413 in [r.get("status") for r in track_requests(braze)]
+
+
+# --- Permanent failures
+
+
+def test_bad_key_dead_letters_everything_as_braze_auth(sim, braze, caplog):
+    caplog.set_level(logging.DEBUG)
+    batch = [event("u1", 1), attrs("u2", plan="x")]
+    outcomes, dead, metrics = run([batch], [sync(sim, key_env=BAD_KEY_ENV)])
+    assert {(d.reason, d.http_status) for d in dead} == {("braze_auth", 401)}
+    assert {(o.status, o.reason) for o in outcomes} == {(DEAD_LETTERED, "braze_auth")}
+    assert metrics["s1.auth_failures"] >= 1
+    assert all_users(braze) == []
+    assert "braze_auth" in caplog.text  # the operator-facing error was logged (and captured here)
+    _assert_key_absent(BAD_KEY, outcomes, dead, caplog, metrics)
+
+
+def test_rotated_key_is_reread_once_after_401(sim, braze):
+    with _LOCK:
+        _ROTATING_KEYS[:] = [BAD_KEY, sim.api_key]
+    outcomes, dead, metrics = run([[event("u1", 1)]], [sync(sim)], resolve_key=_rotating_resolver)
+    assert dead == [] and [o.status for o in outcomes] == [DELIVERED]
+    assert metrics["s1.auth_failures"] == 1
+    assert [r.get("status") for r in track_requests(braze)] == [401, 201]
+
+
+def test_unreadable_key_reference_dead_letters_with_reason(sim, braze, monkeypatch):
+    monkeypatch.delenv("AMPLITUDE_BRAZE_TEST_SINK_MISSING", raising=False)
+    outcomes, dead, _ = run([[event("u1", 1)]], [sync(sim, key_env="AMPLITUDE_BRAZE_TEST_SINK_MISSING")])
+    assert [(d.reason, d.attempts) for d in dead] == [("api_key_unavailable", 0)]
+    assert "AMPLITUDE_BRAZE_TEST_SINK_MISSING" in dead[0].detail
+    assert [o.reason for o in outcomes] == ["api_key_unavailable"]
+    assert track_requests(braze) == []
+
+
+def test_unknown_sync_is_dead_lettered_not_dropped(sim, braze):
+    outcomes, dead, _ = run([[event("u1", 1, sync_name="other")]], [sync(sim)])
+    assert [(d.reason, d.sync) for d in dead] == [("unknown_sync", "other")]
+    assert [o.status for o in outcomes] == [DEAD_LETTERED]
+
+
+# --- Transient failures
+
+
+def test_server_errors_retry_then_exhaust(sim, braze):
+    braze.set_faults(error_rate=1.0, error_statuses=[503], seed=1)
+    batch = [event("u1", 1), event("u2", 2)]
+    outcomes, dead, metrics = run([batch], [sync(sim)], max_attempts=4)
+    assert {(d.reason, d.http_status, d.attempts) for d in dead} == {("retries_exhausted", 503, 4)}
+    assert "HTTP 503" in dead[0].detail and "4 attempt" in dead[0].detail
+    assert {(o.status, o.reason) for o in outcomes} == {(DEAD_LETTERED, "retries_exhausted")}
+    assert len(track_requests(braze)) == 4
+    assert metrics["s1.retries"] == 3
+    assert len(_SLEEPS) >= 3 and all(0 <= s <= 0.001 * 8 for s in _SLEEPS[:3])
+
+
+def test_retry_budget_in_seconds_ends_retries_first(sim, braze):
+    braze.set_faults(error_rate=1.0, error_statuses=[500], seed=1)
+    outcomes, dead, _ = run([[event("u1", 1)]], [sync(sim)], max_attempts=50, max_retry_seconds=3.0,
+                            backoff_base_seconds=1.0, backoff_cap_seconds=1.0)
+    # Injected sleeps do not move the clock; their sum is the budget that runs out.
+    assert dead[0].reason == "retries_exhausted" and dead[0].attempts < 50
+    assert sum(_SLEEPS) <= 3.0 + 1e-9
+
+
+def test_rate_limited_burst_waits_as_retry_after_says(sim, braze):
+    braze.set_faults(rate_limit_burst=2, retry_after_seconds=2)
+    outcomes, dead, metrics = run([[event("u1", 1), event("u2", 2)]], [sync(sim)])
+    assert dead == [] and {o.status for o in outcomes} == {DELIVERED}
+    assert _SLEEPS == [2.0, 2.0]
+    assert metrics["s1.rate_limited"] == 2 and metrics["s1.retries"] == 2
+    assert metrics["cumulativeThrottlingSeconds"] == 4
+    assert [r.get("status") for r in track_requests(braze)] == [429, 429, 201]
+    assert set(users_by_id(braze)) == {"u1", "u2"}
+
+
+def test_rate_limit_wait_beyond_budget_gives_up(sim, braze):
+    braze.set_faults(rate_limit_burst=5, retry_after_seconds=30)
+    _, dead, _ = run([[event("u1", 1)]], [sync(sim)], max_retry_seconds=5.0)
+    assert [(d.reason, d.http_status, d.attempts) for d in dead] == [("retries_exhausted", 429, 1)]
+    assert _SLEEPS == []
+
+
+def test_hang_times_out_and_counts_ambiguous_retries(sim, braze):
+    braze.set_faults(hang_rate=1.0, hang_seconds=1.0, seed=3)
+    outcomes, dead, metrics = run([[event("u1", 1)]], [sync(sim)], timeout_seconds=0.2, max_attempts=2)
+    assert [(d.reason, d.http_status, d.attempts) for d in dead] == [("retries_exhausted", None, 2)]
+    assert "timeout" in dead[0].detail
+    assert metrics["s1.ambiguous_retries"] == 1
+    assert metrics["s1.retries"] == 1
+
+
+def test_dropped_connection_is_retried_and_delivered(sim, braze):
+    braze.set_faults(drop_rate=0.5, seed=11)
+    batches = [[event(f"u{i}", i)] for i in range(6)]
+    outcomes, dead, metrics = run(batches, [sync(sim)], max_attempts=10, adaptive_throttling=False)
+    assert dead == [] and len(outcomes) == 6 and {o.status for o in outcomes} == {DELIVERED}
+    assert len(users_by_id(braze)) == 6
+    assert metrics["s1.retries"] >= 1
+
+
+def test_applied_then_500_is_an_ambiguous_retry(sim, braze):
+    # Braze can apply a request and still answer 5xx; with no idempotency key a retry
+    # duplicates the event. The sink cannot prevent that, but it counts it.
+    braze.set_faults(apply_then_error_rate=1.0, seed=5)
+    _, dead, metrics = run([[event("u1", 1)]], [sync(sim)], max_attempts=2)
+    assert [(d.reason, d.http_status) for d in dead] == [("retries_exhausted", 500)]
+    assert metrics["s1.ambiguous_retries"] == 1
+    assert len(users_by_id(braze)["u1"]["events"]) == 2  # applied twice
+
+
+def test_client_side_throttling_when_braze_keeps_failing(sim, braze):
+    braze.set_faults(error_rate=1.0, error_statuses=[503], seed=2)
+    batches = [[event(f"u{i}", i)] for i in range(8)]
+    outcomes, dead, metrics = run(batches, [sync(sim)], max_attempts=2, backoff_base_seconds=0.0)
+    assert len(dead) == 8 and {d.reason for d in dead} == {"retries_exhausted"}
+    throttle_sleeps = [s for s in _SLEEPS if s == sink_mod.THROTTLE_DELAY_SECONDS]
+    assert throttle_sleeps, "later batches should be held back"
+    assert len(throttle_sleeps) <= 8 * sink_mod.MAX_THROTTLE_SECONDS_PER_BATCH
+    assert metrics["cumulativeThrottlingSeconds"] == len(throttle_sleeps)
+    assert len(track_requests(braze)) == 16  # throttling delays batches, it never drops them
+
+
+# --- The key never leaks
+
+
+def _assert_key_absent(key, outcomes, dead, caplog, metrics):
+    for letter in dead:
+        assert key not in letter.to_json().decode()
+        assert key not in repr(letter)
+    for outcome in outcomes:
+        assert key not in repr(outcome)
+    assert key not in caplog.text
+    for record in caplog.records:
+        assert key not in record.getMessage()
+    assert not any(key in name for name in metrics)
+
+
+def test_key_never_appears_in_outputs_or_logs(sim, braze, caplog):
+    caplog.set_level(logging.DEBUG)
+    braze.set_faults(rate_limit_burst=1, retry_after_seconds=0)
+    bad = event("u2", 2)._replace(obj={"external_id": "u2", "time": TIME})
+    outcomes, dead, metrics = run([[event("u1", 1), bad]], [sync(sim)])
+    assert [d.reason for d in dead] == ["braze_rejected"]
+    _assert_key_absent(sim.api_key, outcomes, dead, caplog, metrics)
+
+
+# --- Arguments
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"timeout_seconds": 0}, "timeout_seconds"),
+    ({"timeout_seconds": float("inf")}, "timeout_seconds"),
+    ({"max_attempts": 0}, "max_attempts"),
+    ({"max_attempts": 2.5}, "max_attempts"),
+    ({"max_retry_seconds": -1}, "max_retry_seconds"),
+    ({"sleep": None}, "sleep"),
+])
+def test_bad_arguments(kwargs, message):
+    good = Sync(name="s1", endpoint="https://rest.iad-01.braze.com", api_key="env:X")
+    with pytest.raises(ValueError, match=message):
+        WriteToBraze([good], **kwargs)
+
+
+@pytest.mark.parametrize("syncs, message", [
+    ([], "at least one"),
+    (None, "iterable"),
+    (["s1"], "Sync"),
+    ([Sync(name="", endpoint="https://x", api_key="env:X")], "name"),
+    ([Sync(name="a", endpoint="https://x", api_key="env:X")] * 2, "more than once"),
+    ([Sync(name="a", endpoint="rest.iad-01.braze.com", api_key="env:X")], "endpoint"),
+    ([Sync(name="a", endpoint="https://x/?q=1", api_key="env:X")], "endpoint"),
+])
+def test_bad_syncs(syncs, message):
+    with pytest.raises(ValueError, match=message):
+        WriteToBraze(syncs)
+
+
+def test_key_pasted_as_reference_is_refused_without_echo():
+    key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    with pytest.raises(ValueError) as e:
+        WriteToBraze([Sync(name="a", endpoint="https://rest.iad-01.braze.com", api_key=key)])
+    assert key not in str(e.value) and "reference" in str(e.value)

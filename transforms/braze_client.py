@@ -1,0 +1,356 @@
+"""The Braze /users/track transport and the pure rules the sink applies to its answers.
+
+Three separate things live here, none of them Beam-aware:
+
+* ``build_track_body``: a batch of ``BrazeItem`` → the request body, plus the map that leads
+  Braze's ``errors[]`` entries (``input_array``, ``index``) back to the item that failed.
+* ``BrazeClient``: one ``requests.Session`` that only sends one body and turns transport
+  failures into ``TransportError``. It makes no decisions (STYLE.md, "Keep the transport
+  apart from the policy").
+* ``classify``, ``retry_wait_seconds`` and ``backoff_seconds``: pure functions the sink's
+  policy is built from, tested with tables.
+
+The API key must never reach an exception message, a log line or a repr: ``BrazeClient``
+keeps it only inside the session's headers and scrubs it from any error text it builds.
+"""
+from __future__ import annotations
+
+import datetime
+import email.utils
+import math
+import random
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import orjson
+import requests
+
+from transforms.records import ATTRIBUTES, EVENTS, KINDS, PURCHASES, BrazeItem
+
+__all__ = [
+    "TRACK_PATH",
+    "OK", "SPLIT", "REJECT", "FAIL", "RETRY",
+    "Response", "TransportError", "ItemError", "Verdict",
+    "build_track_body", "BrazeClient", "classify", "retry_wait_seconds", "backoff_seconds",
+]
+
+TRACK_PATH = "/users/track"
+
+# Verdict actions: what the sink should do with the batch it sent.
+OK = "ok"  # accepted; objects named in item_errors failed, the rest are delivered
+SPLIT = "split"  # too large: send the halves (a single object → payload_too_large)
+REJECT = "reject"  # every object invalid: item_errors for the named ones, `reason` for the rest
+FAIL = "fail"  # the whole request failed for good (auth, forbidden, not found, ...)
+RETRY = "retry"  # transient: back off and send again
+
+# Reason codes (DeadLetter.reason) that classification produces.
+BRAZE_REJECTED = "braze_rejected"
+BRAZE_FAILED = "braze_failed"
+BRAZE_AUTH = "braze_auth"
+BRAZE_FORBIDDEN = "braze_forbidden"
+BRAZE_NOT_FOUND = "braze_not_found"
+BRAZE_UNSUPPORTED_MEDIA = "braze_unsupported_media"
+BRAZE_UNEXPECTED_STATUS = "braze_unexpected_status"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+
+_MAX_INPUT_LENGTH = "max input length exceeded"
+_TEXT_SNIPPET_CHARS = 500
+# X-RateLimit-Reset values at or below this are read as "seconds from now" (the MAU-plan
+# reading, seconds left in an hourly window); larger values that are not in the future are
+# past epoch instants (the general reading) and mean "no wait". braze-api.md 2.4.
+_RESET_DELTA_MAX_SECONDS = 24 * 3600
+
+
+class Response(NamedTuple):
+    """What came back from one POST: status, the JSON body (None if absent or not JSON), the
+    headers with lower-cased names, and the start of the raw text for diagnostics."""
+
+    status: int
+    body: Optional[dict]
+    headers: Mapping[str, str]
+    text: str = ""
+
+
+class TransportError(Exception):
+    """No HTTP answer: ``kind`` is "timeout" or "connection".
+
+    ``maybe_applied`` is True when the request may have reached Braze before the failure (a
+    read timeout, a connection dropped after sending), so a retry may duplicate events.
+    """
+
+    def __init__(self, kind: str, detail: str, maybe_applied: bool = False):
+        self.kind = kind
+        self.detail = detail
+        self.maybe_applied = maybe_applied
+        super().__init__(f"{kind}: {detail}")
+
+
+class ItemError(NamedTuple):
+    """One entry of Braze's ``errors[]``: which array, which index, and Braze's text."""
+
+    input_array: str
+    index: int
+    type: str
+
+
+class Verdict(NamedTuple):
+    action: str  # OK | SPLIT | REJECT | FAIL | RETRY
+    reason: str = ""  # DeadLetter reason for FAIL/REJECT/SPLIT; a short label for RETRY
+    detail: str = ""  # human-readable: Braze's message, the status, the transport error
+    http_status: Optional[int] = None
+    item_errors: Tuple[ItemError, ...] = ()
+    rate_limited: bool = False  # a 429
+    maybe_applied: bool = False  # RETRY only: the failed request may have been applied
+
+
+# --------------------------------------------------------------------------------------------
+# Request body
+
+
+def build_track_body(items: Sequence[BrazeItem]) -> Tuple[bytes, Dict[Tuple[str, int], int]]:
+    """Items → (``/users/track`` JSON body, ``{(kind, index in that array): position in items}``).
+
+    Only non-empty arrays are sent; within an array the items keep their order.
+    """
+    arrays: Dict[str, List[dict]] = {ATTRIBUTES: [], EVENTS: [], PURCHASES: []}
+    index_map: Dict[Tuple[str, int], int] = {}
+    for position, item in enumerate(items):
+        array = arrays.get(item.kind)
+        if array is None:
+            raise ValueError(f"unknown Braze object kind {item.kind!r}; expected one of {KINDS}")
+        index_map[(item.kind, len(array))] = position
+        array.append(item.obj)
+    body = {kind: array for kind, array in arrays.items() if array}
+    return orjson.dumps(body), index_map
+
+
+# --------------------------------------------------------------------------------------------
+# Transport
+
+
+class BrazeClient:
+    """Posts bodies to ``{endpoint}/users/track`` over one reusable session.
+
+    It only sends and reports: status codes are not interpreted here (see ``classify``).
+    Redirects are not followed (a redirect would re-send the key to another host), TLS is
+    verified, and every call has a timeout.
+    """
+
+    def __init__(self, endpoint: str, api_key: str, timeout_seconds: float,
+                 session: Optional[requests.Session] = None):
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key must be a non-empty string")  # never echo the value
+        if not timeout_seconds or timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.url = self.endpoint + TRACK_PATH
+        self.timeout_seconds = float(timeout_seconds)
+        self._key = api_key
+        self._session = session if session is not None else requests.Session()
+        self._session.verify = True
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    def __repr__(self) -> str:
+        return f"BrazeClient(endpoint={self.endpoint!r}, timeout_seconds={self.timeout_seconds})"
+
+    __str__ = __repr__
+
+    def __enter__(self) -> "BrazeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def post_track(self, body: bytes) -> Response:
+        """POST one body. Returns the answer whatever its status; raises ``TransportError``
+        when there is no answer (timeout, refused, reset)."""
+        try:
+            r = self._session.post(
+                self.url,
+                data=body,
+                headers=self._headers,
+                timeout=(self.timeout_seconds, self.timeout_seconds),
+                allow_redirects=False,
+                verify=True,
+            )
+        except requests.exceptions.ConnectTimeout as e:
+            raise TransportError("timeout", self._scrub(f"connect timeout: {e}"), False) from None
+        except requests.exceptions.Timeout as e:  # ReadTimeout: the body may have been read
+            raise TransportError("timeout", self._scrub(f"read timeout: {e}"), True) from None
+        except requests.exceptions.ConnectionError as e:
+            raise TransportError("connection", self._scrub(str(e)), _maybe_sent(e)) from None
+        except requests.exceptions.RequestException as e:
+            # ChunkedEncodingError, ContentDecodingError, ...: the answer broke mid-way.
+            raise TransportError("connection", self._scrub(f"{type(e).__name__}: {e}"), True) from None
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        raw = r.content or b""
+        body_json: Optional[dict] = None
+        if raw:
+            try:
+                parsed = orjson.loads(raw)
+                body_json = parsed if isinstance(parsed, dict) else None
+            except orjson.JSONDecodeError:
+                body_json = None
+        text = raw[:_TEXT_SNIPPET_CHARS].decode("utf-8", "replace")
+        return Response(r.status_code, body_json, headers, self._scrub(text))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """False when the connection was never made (refused, DNS): nothing reached Braze."""
+    seen = set()
+    stack: List[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        name = type(e).__name__
+        if name in ("NewConnectionError", "NameResolutionError", "ConnectionRefusedError",
+                    "ConnectTimeoutError"):
+            return False
+        stack.extend([getattr(e, "reason", None), e.__cause__, e.__context__])
+        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Classification (pure)
+
+
+def classify(response: Union[Response, TransportError]) -> Verdict:
+    """Braze's answer (or the transport failure) → what the sink should do. See DESIGN.md,
+    "Braze sink and failures", and braze-api.md sections 1.8 and 2."""
+    if isinstance(response, TransportError):
+        return Verdict(RETRY, reason=response.kind, detail=response.detail,
+                       maybe_applied=response.maybe_applied)
+    status = response.status
+    body = response.body or {}
+    message = body.get("message") if isinstance(body.get("message"), str) else ""
+    shown = message or response.text or ""
+    errors = _item_errors(body.get("errors"))
+
+    if 200 <= status < 300:
+        if message.strip().lower() == "success":
+            return Verdict(OK, http_status=status, item_errors=errors)
+        # A 2xx whose message is not "success" is a failed request (RudderStack's reading).
+        return Verdict(FAIL, BRAZE_FAILED, f"HTTP {status}: {shown}" if shown else f"HTTP {status}",
+                       status, errors)
+    if status == 413 or (status == 400 and _MAX_INPUT_LENGTH in message.lower()):
+        return Verdict(SPLIT, PAYLOAD_TOO_LARGE, f"HTTP {status}: {shown}".rstrip(": "), status)
+    if status == 400:
+        return Verdict(REJECT, BRAZE_REJECTED, shown or "HTTP 400", status, errors)
+    permanent = {
+        401: BRAZE_AUTH,
+        403: BRAZE_FORBIDDEN,
+        404: BRAZE_NOT_FOUND,
+        415: BRAZE_UNSUPPORTED_MEDIA,
+    }
+    if status in permanent:
+        return Verdict(FAIL, permanent[status], f"HTTP {status}: {shown}".rstrip(": "), status)
+    if status in (408, 429) or 500 <= status < 600:
+        # 502 failed before reaching Braze, 503 lacked capacity: not applied. 500/504 and the
+        # rest may have been accepted before the failure (braze-api.md 2.2 and 6).
+        maybe_applied = status >= 500 and status not in (502, 503)
+        return Verdict(RETRY, f"http_{status}", f"HTTP {status}: {shown}".rstrip(": "), status,
+                       rate_limited=status == 429, maybe_applied=maybe_applied)
+    # 3xx (redirects are not followed) and other 4xx: our request or endpoint is wrong.
+    location = response.headers.get("location", "")
+    extra = f" (redirect to {location}; redirects are not followed)" if location else ""
+    return Verdict(FAIL, BRAZE_UNEXPECTED_STATUS, f"HTTP {status}: {shown}{extra}".rstrip(": "),
+                   status, errors)
+
+
+def _item_errors(raw: Any) -> Tuple[ItemError, ...]:
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for e in raw:
+        if not isinstance(e, dict):
+            continue
+        array, index = e.get("input_array"), e.get("index")
+        if array not in KINDS or not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            continue
+        text = e.get("type")
+        out.append(ItemError(array, index, text if isinstance(text, str) else str(text)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting
+
+
+def retry_wait_seconds(headers: Mapping[str, str], now_epoch: float,
+                       cap_seconds: float = 60.0) -> Optional[float]:
+    """How long the rate-limit headers ask us to wait, at most ``cap_seconds``; None if they
+    don't say.
+
+    In order: ``Retry-After`` (seconds or an HTTP date), ``X-Ratelimit-Retry-After``
+    (seconds), then ``X-RateLimit-Reset``: an epoch instant when it lies in the future, else
+    seconds from now when it is small (both readings are documented, braze-api.md 2.4).
+    Header names are matched case-insensitively.
+    """
+    h = {str(k).lower(): str(v).strip() for k, v in (headers or {}).items()}
+    wait = _seconds(h.get("retry-after"))
+    if wait is None and h.get("retry-after"):
+        wait = _http_date_wait(h["retry-after"], now_epoch)
+    if wait is None:
+        wait = _seconds(h.get("x-ratelimit-retry-after"))
+    if wait is None:
+        reset = _seconds(h.get("x-ratelimit-reset"))
+        if reset is not None:
+            if reset > now_epoch:
+                wait = reset - now_epoch
+            elif reset <= _RESET_DELTA_MAX_SECONDS:
+                wait = reset
+            else:
+                wait = 0.0  # an epoch instant already past
+    if wait is None:
+        return None
+    return max(0.0, min(float(wait), float(cap_seconds)))
+
+
+def _seconds(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _http_date_wait(value: str, now_epoch: float) -> Optional[float]:
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now_epoch)
+
+
+def backoff_seconds(attempt: int, base: float = 0.5, cap: float = 30.0, rng=random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    ``attempt`` is the number of the attempt that just failed, from 1.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt!r}")
+    exponent = min(attempt - 1, 60)  # no float overflow for silly attempt numbers
+    ceiling = min(float(cap), float(base) * (2.0 ** exponent))
+    return rng.uniform(0.0, ceiling)
