@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import apache_beam as beam
 

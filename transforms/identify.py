@@ -138,8 +138,14 @@ def attribute_delta(updates: Iterable[Tuple[str, str, object]], last_sent: Dict[
     return delta, state
 
 
+def identify_key(sync: str, user_key: str) -> str:
+    """State key of one user in one sync. A string key encodes deterministically, and sync
+    names cannot contain the separator."""
+    return f"{sync}|{user_key}"
+
+
 class IdentifyDoFn(beam.DoFn):
-    """Keyed by ``(sync, user)``; holds that user's last-sent values for the sync.
+    """Keyed by ``identify_key(sync, user)``; holds that user's last-sent values for the sync.
 
     Input values: ``(source, publish_time_ms, identifier_fields, updates)``. Output: a BrazeItem
     with the changed attributes, or (tag ``outcomes``) ``skipped/unchanged`` when nothing changed.
@@ -152,7 +158,8 @@ class IdentifyDoFn(beam.DoFn):
         self._unchanged = Metrics.counter("identify", "unchanged")
 
     def process(self, element, last_sent_state=beam.DoFn.StateParam(LAST_SENT)):
-        (sync, user_key), (source, publish_time_ms, identifier_fields, updates) = element
+        key, (source, publish_time_ms, identifier_fields, updates) = element
+        sync, user_key = key.split("|", 1)
         last_sent = last_sent_state.read() or {}
         delta, new_state = attribute_delta(updates, last_sent, self._selected[sync])
         if not delta:  # every state change comes with a delta

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 from pipeline.config import Sync
 from transforms.filters import compile_selectors
 from transforms.identifiers import IdentifierMapper
-from transforms.identify import selected_updates
+from transforms.identify import identify_key, selected_updates
 from transforms.records import EVENTS, IDENTIFY, SKIPPED, TRACK, BrazeItem, Outcome
 from transforms.track import NOT_TRACKED_EVENT_TYPES, event_object
 
@@ -88,7 +88,7 @@ class _RouteDoFn(beam.DoFn):
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "missing_identifier"))
             else:
                 yield pvalue.TaggedOutput(
-                    IDENTIFY_TAG, ((route.name, user_key), (source, parsed.publish_time_ms, fields, updates))
+                    IDENTIFY_TAG, (identify_key(route.name, user_key), (source, parsed.publish_time_ms, fields, updates))
                 )
 
 

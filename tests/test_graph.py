@@ -1,0 +1,121 @@
+"""The whole graph (minus Pub/Sub) on the streaming runner, fed by TestStream, into the simulator.
+
+Assertions read the simulator's state (what Braze would hold) and the dead letters the graph
+produced; outcomes are collected through a side-effect sink because ``assert_that`` misses
+output emitted when the final window closes (reference peers.md D.3).
+"""
+import collections
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing import test_stream
+from apache_beam.utils.timestamp import Timestamp
+
+from local.braze_sim import SimClient
+from pipeline.config import parse_syncs
+from pipeline.graph import EventsToBraze
+
+COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
+
+
+def _collect(element, name):
+    # Module-level, so Beam pickles it by reference and it appends to this module's dict.
+    COLLECTED[name].append(element)
+
+
+def _syncs(url):
+    return parse_syncs(
+        {
+            "syncs": [
+                {
+                    "name": "ext",
+                    "endpoint": url,
+                    "api_key": "env:TEST_BRAZE_KEY",
+                    "app_id": "app-1",
+                    "users": {"properties": ["plan"]},
+                    "events": {"select": [{"event_type": "Order Completed",
+                                           "where": [{"property": "event_properties.total", "op": "greater_than", "value": 0}]}],
+                               "properties": ["total"]},
+                },
+                {
+                    "name": "alias",
+                    "endpoint": url,
+                    "api_key": "env:TEST_BRAZE_KEY",
+                    "identifier": {"type": "user_alias", "source": "device_id", "alias_label": "amp_device"},
+                    "events": {"select": [{"event_type": "*"}]},
+                },
+            ]
+        },
+        allow_insecure_endpoints=True,
+    )
+
+
+def _event(i, event_type="Order Completed", total=10, user="user-00001", plan="free"):
+    return orjson.dumps({
+        "event_type": event_type, "user_id": user, "device_id": f"dev-{user}", "time": 1_700_000_000_000 + i,
+        "insert_id": f"ins-{i}", "event_properties": {"total": total, "secret": "not selected"},
+        "user_properties": {"plan": plan},
+    })
+
+
+def _run(syncs, messages, key):
+    COLLECTED.clear()
+    options = PipelineOptions([], runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    stream = test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
+    with beam.Pipeline(options=options) as p:
+        out = p | stream | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key,
+                                        sleep=lambda s: None)
+        out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
+        out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
+
+
+@pytest.mark.integration
+def test_events_and_changed_attributes_reach_braze_per_sync(braze_sim):
+    messages = [
+        _event(1, plan="free"),
+        _event(2, plan="free"),  # unchanged plan: no attribute sent
+        _event(3, plan="pro", total=0),  # filtered out by where total > 0 for "ext", sent for "alias"
+        _event(4, event_type="Page Viewed", user="user-00002"),
+        b"{broken",
+    ]
+    _run(_syncs(braze_sim.url), messages, braze_sim.api_key)
+
+    users = {(u.get("external_id") or u["user_aliases"][0]["alias_name"]): u for u in SimClient(braze_sim.url).users()}
+    ext = users["user-00001"]
+    assert [e["name"] for e in ext["events"]] == ["Order Completed", "Order Completed"]
+    assert all(e["properties"] == {"total": 10} and e["app_id"] == "app-1" for e in ext["events"])
+    assert ext["attributes"] == {"plan": "pro"}
+    # The alias sync created alias-only users (explicit _update_existing_only: false) with every event.
+    assert sorted(len(users[f"dev-user-0000{n}"]["events"]) for n in (1, 2)) == [1, 3]
+    # The ext sync did not select Page Viewed, but user-00002's plan was new: attributes only.
+    assert (users["user-00002"]["events"], users["user-00002"]["attributes"]) == ([], {"plan": "free"})
+
+    [dead] = COLLECTED["dead_letters"]
+    assert (dead.stage, dead.reason, dead.payload) == ("parse", "invalid_json", "{broken")
+    per_event = collections.defaultdict(set)
+    for o in COLLECTED["outcomes"]:
+        per_event[o.source].add((o.sync, o.branch))
+    # Every event is accounted for: once if it could not be parsed, else once per sync and branch.
+    assert sorted(len(parts) for parts in per_event.values()) == [1, 4, 4, 4, 4]
+
+
+@pytest.mark.integration
+def test_objects_braze_rejects_are_dead_lettered_with_brazes_reason_and_no_key(braze_sim):
+    syncs = parse_syncs({"syncs": [{
+        "name": "ext", "endpoint": braze_sim.url, "api_key": "env:TEST_BRAZE_KEY",
+        "events": {"select": [{"event_type": "*"}], "properties": ["note"]}}]}, allow_insecure_endpoints=True)
+    note = "x" * 300  # Braze refuses string property values over 255 characters
+    messages = [
+        orjson.dumps({"event_type": "Note", "user_id": "user-00003", "time": 1, "event_properties": {"note": note}}),
+        orjson.dumps({"event_type": "Note", "user_id": "user-00004", "time": 2, "event_properties": {"note": "ok"}}),
+    ]
+    _run(syncs, messages, braze_sim.api_key)
+    dead = COLLECTED["dead_letters"]
+    assert [(d.stage, d.reason, d.sync) for d in dead] == [("braze", "braze_rejected", "ext")]
+    assert dead[0].payload["external_id"] == "user-00003"
+    assert braze_sim.api_key.encode() not in b"".join(d.to_json() for d in dead)
+    [delivered] = SimClient(braze_sim.url).users()
+    assert (delivered["external_id"], delivered["events"][0]["properties"]) == ("user-00004", {"note": "ok"})
