@@ -1,0 +1,99 @@
+"""Pure body checks for the alias, identify and partner cohort endpoints.
+
+Each returns a message for a 400 answer, or None. Braze does not document per-item errors for
+these endpoints, so one malformed item fails the whole request: the strict reading.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from local.braze_sim.rules import check_alias, parse_time
+
+MAX_ALIASES_PER_REQUEST = 50
+MAX_COHORT_IDS_PER_REQUEST = 1000
+_CHANGE_KEYS = frozenset(("user_ids", "device_ids", "aliases", "should_remove"))
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def check_alias_new(body: Any) -> Optional[str]:
+    items = body.get("user_aliases") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        return "'user_aliases' must be a non-empty array"
+    if len(items) > MAX_ALIASES_PER_REQUEST:
+        return f"at most {MAX_ALIASES_PER_REQUEST} 'user_aliases' per request"
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or check_alias(item):
+            return f"user_aliases[{index}] needs 'alias_name' and 'alias_label'"
+        if "external_id" in item and not _nonempty_str(item["external_id"]):
+            return f"user_aliases[{index}].external_id is not valid"
+    return None
+
+
+def check_identify(body: Any) -> Optional[str]:
+    if not isinstance(body, dict):
+        return "body must be an object"
+    if "emails_to_identify" in body or "phone_numbers_to_identify" in body:
+        # Not modelled; refusing beats silently pretending to merge.
+        return "the simulator supports only 'aliases_to_identify'"
+    items = body.get("aliases_to_identify")
+    if not isinstance(items, list) or not items:
+        return "'aliases_to_identify' must be a non-empty array"
+    if len(items) > MAX_ALIASES_PER_REQUEST:
+        return f"at most {MAX_ALIASES_PER_REQUEST} 'aliases_to_identify' per request"
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not _nonempty_str(item.get("external_id")):
+            return f"aliases_to_identify[{index}].external_id is required"
+        if check_alias(item.get("user_alias")):
+            return f"aliases_to_identify[{index}].user_alias needs 'alias_name' and 'alias_label'"
+    return None
+
+
+def check_cohort_name(body: dict) -> Optional[str]:
+    """Body of POST /partners/{partner}/cohorts, keys already checked."""
+    if not _nonempty_str(body.get("cohort_id")):
+        return "'cohort_id' is not valid"
+    if not _nonempty_str(body.get("name")):
+        return "'name' must not be empty"
+    if parse_time(body.get("created_at")) is None:
+        return "'created_at' must be an ISO 8601 time"
+    return None
+
+
+def check_cohort_changes(body: dict) -> Optional[str]:
+    """Body of POST /partners/{partner}/cohorts/users, keys already checked."""
+    if not _nonempty_str(body.get("cohort_id")):
+        return "'cohort_id' is not valid"
+    changes = body.get("cohort_changes")
+    if not isinstance(changes, list) or not changes:
+        return "'cohort_changes' must be a non-empty array"
+    total = 0
+    for index, change in enumerate(changes):
+        error = _check_change(change)
+        if error:
+            return f"cohort_changes[{index}]: {error}"
+        total += sum(len(change.get(k, ())) for k in ("user_ids", "device_ids", "aliases"))
+    if total > MAX_COHORT_IDS_PER_REQUEST:
+        return f"at most {MAX_COHORT_IDS_PER_REQUEST} ids per request, got {total}"
+    return None
+
+
+def _check_change(change: Any) -> Optional[str]:
+    if not isinstance(change, dict) or not change.keys() <= _CHANGE_KEYS:
+        return "must be an object with user_ids, device_ids, aliases and should_remove only"
+    if not any(k in change for k in ("user_ids", "device_ids", "aliases")):
+        return "needs 'user_ids', 'device_ids' or 'aliases'"
+    for key in ("user_ids", "device_ids"):
+        if key in change:
+            ids = change[key]
+            if not isinstance(ids, list) or not all(_nonempty_str(i) for i in ids):
+                return f"'{key}' must be an array of strings"
+    if "aliases" in change:
+        aliases = change["aliases"]
+        if not isinstance(aliases, list) or any(check_alias(a) for a in aliases):
+            return "'aliases' must be an array of {alias_name, alias_label}"
+    if not isinstance(change.get("should_remove", False), bool):
+        return "'should_remove' must be a boolean"
+    return None

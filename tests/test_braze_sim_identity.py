@@ -1,0 +1,189 @@
+"""/users/alias/new, /users/identify and the partner cohort endpoints over real HTTP."""
+import orjson
+import pytest
+import requests
+
+from local.braze_sim import BrazeSimulator
+
+T = "2024-05-01T12:00:00Z"
+ALIAS = {"alias_name": "anon-1", "alias_label": "amplitude_id"}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with BrazeSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture(autouse=True)
+def clean(sim):
+    sim.client().reset()
+
+
+def post(sim, path, body, auth=True, content_type="application/json"):
+    headers = {"Content-Type": content_type}
+    if auth:
+        headers["Authorization"] = f"Bearer {sim.api_key}"
+    return requests.post(sim.url + path, data=orjson.dumps(body), headers=headers, timeout=10)
+
+
+def users(sim, **query):
+    return sim.client().users(**query)
+
+
+# -- /users/alias/new ----------------------------------------------------------------------------
+
+def test_alias_new_without_external_id_creates_alias_only_user(sim):
+    r = post(sim, "/users/alias/new", {"user_aliases": [ALIAS]})
+    assert (r.status_code, r.json()) == (201, {"aliases_processed": 1, "message": "success"})
+    [profile] = users(sim)
+    assert profile["external_id"] is None and profile["user_aliases"] == [ALIAS] and profile["braze_id"]
+
+
+def test_alias_new_with_external_id_adds_to_existing_user_or_nobody(sim):
+    sim.client().seed_users({"external_id": "u1"})
+    r = post(sim, "/users/alias/new", {"user_aliases": [{**ALIAS, "external_id": "u1"},
+                                                        {"alias_name": "z", "alias_label": "l", "external_id": "ghost"}]})
+    assert r.json() == {"aliases_processed": 2, "message": "success"}
+    assert [(u["external_id"], u["user_aliases"]) for u in users(sim)] == [("u1", [ALIAS])]
+
+
+def test_one_alias_name_per_label(sim):
+    sim.client().seed_users({"external_id": "u1", "user_aliases": [ALIAS]})
+    post(sim, "/users/alias/new", {"user_aliases": [{"alias_name": "other", "alias_label": "amplitude_id", "external_id": "u1"}]})
+    assert sim.client().user("u1")["user_aliases"] == [ALIAS]
+
+
+@pytest.mark.parametrize("body", [{}, {"user_aliases": []}, {"user_aliases": [{"alias_name": "x"}]},
+                                  {"user_aliases": [ALIAS] * 51}, {"user_aliases": [{**ALIAS, "external_id": 5}]}])
+def test_alias_new_bad_bodies_are_400(sim, body):
+    assert post(sim, "/users/alias/new", body).status_code == 400
+    assert users(sim) == []
+
+
+def test_alias_new_needs_the_api_key(sim):
+    r = post(sim, "/users/alias/new", {"user_aliases": [ALIAS]}, auth=False)
+    assert (r.status_code, r.json()) == (401, {"message": "Invalid API Key"})
+
+
+# -- /users/identify -----------------------------------------------------------------------------
+
+def identify(sim, external_id="u1", alias=ALIAS):
+    return post(sim, "/users/identify", {"aliases_to_identify": [{"external_id": external_id, "user_alias": alias}]})
+
+
+def test_identify_merges_alias_profile_into_known_user(sim):
+    client = sim.client()
+    client.seed_users({"external_id": "u1", "attributes": {"plan": "pro"}},
+                      {"user_aliases": [ALIAS], "device_ids": ["dev-1"], "attributes": {"plan": "free", "city": "Rome"}})
+    post(sim, "/users/track", {"events": [{"user_alias": ALIAS, "name": "anon_event", "time": T}]})
+    r = identify(sim)
+    assert (r.status_code, r.json()) == (201, {"aliases_processed": 1, "message": "success"})
+    [merged] = users(sim)
+    assert merged["external_id"] == "u1"
+    assert merged["attributes"] == {"plan": "pro", "city": "Rome"}  # only fields missing on u1 are copied
+    assert [e["name"] for e in merged["events"]] == ["anon_event"]
+    assert merged["user_aliases"] == [ALIAS] and merged["device_ids"] == ["dev-1"]
+
+
+def test_identify_unknown_external_id_names_the_alias_profile(sim):
+    [anon] = sim.client().seed_users({"user_aliases": [ALIAS]})
+    identify(sim, external_id="new")
+    [profile] = users(sim)
+    assert (profile["braze_id"], profile["external_id"]) == (anon["braze_id"], "new")
+
+
+def test_identify_no_merge_when_label_already_used(sim):
+    sim.client().seed_users({"external_id": "u1", "user_aliases": [{"alias_name": "other", "alias_label": "amplitude_id"}]},
+                            {"user_aliases": [ALIAS]})
+    assert identify(sim).status_code == 201
+    assert len(users(sim)) == 2 and users(sim, alias_name="anon-1", alias_label="amplitude_id")[0]["external_id"] is None
+
+
+def test_identify_unknown_alias_is_silently_dropped(sim):
+    sim.client().seed_users({"external_id": "u1"})
+    assert identify(sim).json() == {"aliases_processed": 1, "message": "success"}
+    assert [u["user_aliases"] for u in users(sim)] == [[]]
+
+
+@pytest.mark.parametrize("body", [{}, {"aliases_to_identify": []}, {"aliases_to_identify": [{"user_alias": ALIAS}]},
+                                  {"aliases_to_identify": [{"external_id": "u", "user_alias": {"alias_name": "x"}}]},
+                                  {"aliases_to_identify": [{"external_id": "u", "user_alias": ALIAS}] * 51},
+                                  {"emails_to_identify": [{"external_id": "u", "email": "a@b.co"}]}])
+def test_identify_bad_bodies_are_400(sim, body):
+    assert post(sim, "/users/identify", body).status_code == 400
+
+
+# -- partner cohorts -----------------------------------------------------------------------------
+
+def keys(sim, **extra):
+    return {"partner_api_key": sim.partner_api_keys[0], "client_secret": sim.client_secrets[0], **extra}
+
+
+def name_cohort(sim, cohort_id="c1", **overrides):
+    body = keys(sim, cohort_id=cohort_id, name="Power users", created_at=T)
+    body.update(overrides)
+    return requests.post(sim.url + "/partners/amplitude/cohorts", json=body, timeout=10)
+
+
+def change(sim, changes, cohort_id="c1", **overrides):
+    body = keys(sim, cohort_id=cohort_id, cohort_changes=changes)
+    body.update(overrides)
+    return requests.post(sim.url + "/partners/amplitude/cohorts/users", json=body, timeout=10)
+
+
+def test_cohort_membership_adds_and_removes_existing_users_only(sim):
+    sim.client().seed_users({"external_id": "u1"}, {"external_id": "u2", "device_ids": ["dev-2"]},
+                            {"user_aliases": [ALIAS]}, {"device_ids": ["dev-3"]})
+    r = name_cohort(sim)
+    assert (r.status_code, r.json()) == (201, {})
+    r = change(sim, [{"user_ids": ["u1", "u2", "ghost"], "aliases": [ALIAS], "device_ids": ["dev-2", "dev-3", "dev-x"]}])
+    assert (r.status_code, r.json()) == (201, {})
+    in_cohort = sorted(str(u["external_id"]) + "/" + ",".join(u["device_ids"]) for u in users(sim) if "c1" in u["cohorts"])
+    assert in_cohort == ["None/", "None/dev-3", "u1/", "u2/dev-2"]  # dev-2 belongs to an identified user: ignored
+    assert len(users(sim)) == 4  # never creates
+    counters = sim.client().counters()
+    assert counters["data_points"] == 4 and counters["cohort_ids_unmatched"] == 3
+    change(sim, [{"user_ids": ["u1"], "should_remove": True}])
+    assert sim.client().user("u1")["cohorts"] == []
+
+
+@pytest.mark.parametrize("overrides", [{"partner_api_key": "bad"}, {"client_secret": "bad"}, {"client_secret": None}])
+def test_cohort_bad_keys_are_401(sim, overrides):
+    assert name_cohort(sim, **overrides).status_code == 401
+    sim.client().seed_users({"external_id": "u1"})
+    assert change(sim, [{"user_ids": ["u1"]}], **overrides).status_code == 401
+
+
+@pytest.mark.parametrize("overrides", [{"name": ""}, {"created_at": "tuesday"}, {"cohort_id": ""}, {"name": None}])
+def test_cohort_name_bad_bodies_are_400(sim, overrides):
+    assert name_cohort(sim, **overrides).status_code == 400
+
+
+@pytest.mark.parametrize("changes", [
+    [], "x", [{}], [{"user_ids": "u1"}], [{"user_ids": [1]}], [{"aliases": [{"alias_name": "x"}]}],
+    [{"user_ids": ["u1"], "should_remove": "yes"}], [{"user_ids": ["u1"], "extra": 1}],
+    [{"user_ids": [f"u{i}" for i in range(600)]}, {"device_ids": [f"d{i}" for i in range(401)]}],
+])
+def test_cohort_changes_bad_bodies_are_400(sim, changes):
+    name_cohort(sim)
+    assert change(sim, changes).status_code == 400
+
+
+def test_cohort_of_1000_ids_is_accepted(sim):
+    name_cohort(sim)
+    assert change(sim, [{"user_ids": [f"u{i}" for i in range(1000)]}]).status_code == 201
+
+
+def test_unknown_cohort_id_is_400(sim):
+    sim.client().seed_users({"external_id": "u1"})
+    assert change(sim, [{"user_ids": ["u1"]}], cohort_id="never-named").status_code == 400
+    assert sim.client().user("u1")["cohorts"] == []
+
+
+def test_partner_secrets_are_redacted_in_the_log(sim):
+    name_cohort(sim)
+    [logged] = sim.client().requests()
+    assert logged["body"]["partner_api_key"] == "[redacted]" and logged["body"]["client_secret"] == "[redacted]"
+    text = requests.get(sim.url + "/_sim/requests").text
+    assert sim.partner_api_keys[0] not in text and sim.client_secrets[0] not in text
