@@ -13,7 +13,10 @@ def event_object(
     event: dict, time_ms: int, identifier_fields: dict, properties: Tuple[str, ...], app_id: Optional[str]
 ) -> dict:
     """Braze event object: identifier, ``name``, ``time`` (ISO 8601 UTC), ``app_id``, and only
-    the selected event properties that the event carries (none selected → none sent)."""
+    the selected event properties that the event carries (none selected → none sent).
+
+    A null value is left out: Braze documents no null property type, and "not set" is what
+    an absent property already says."""
     obj = dict(identifier_fields)
     obj["name"] = event["event_type"]
     obj["time"] = iso_from_ms(time_ms)
@@ -21,7 +24,7 @@ def event_object(
         obj["app_id"] = app_id
     if properties:
         source = event["event_properties"]
-        selected = {name: source[name] for name in properties if name in source}
+        selected = {name: source[name] for name in properties if source.get(name) is not None}
         if selected:
             obj["properties"] = selected
     return obj
