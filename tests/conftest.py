@@ -1,0 +1,46 @@
+"""Shared fixtures: the Pub/Sub emulator (once per session), the Braze simulator, unique names."""
+import uuid
+
+import pytest
+
+from local.pubsub_emulator import EmulatorUnavailable, PubSubEmulator
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator():
+    """The real Pub/Sub emulator with PUBSUB_EMULATOR_HOST set; started once, it takes seconds.
+
+    A missing emulator fails the test instead of skipping it: CI must install what it needs.
+    """
+    emulator = PubSubEmulator(project="local-project", port=0)
+    try:
+        emulator.start()
+    except EmulatorUnavailable as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def braze_sim():
+    """A fresh Braze simulator on a free port, stopped after the test."""
+    from local.braze_sim import BrazeSimulator  # imported here so other tests don't need it
+
+    simulator = BrazeSimulator().start(port=0)
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+def make_unique_name(prefix: str) -> str:
+    """A topic or subscription name no other test uses (the emulator lives for the whole session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def unique_name():
+    """``unique_name("events")`` → ``"events-1f2e3d4c5b6a"``."""
+    return make_unique_name
