@@ -59,6 +59,21 @@ class StreamOptions(PipelineOptions):
             help="Allow endpoints that are not Braze REST hosts or not https, such as the local "
             "simulator. Off by default; never needed in production.",
         )
+        state = parser.add_argument_group("state")
+        state.add_argument(
+            "--dedup_window_minutes",
+            type=float,
+            default=10.0,
+            help="Repeats of an insert id (insert_id, $insert_id, else uuid) within this many minutes "
+            "are dropped per sync and counted; Pub/Sub redelivers and publishers retry. 0 turns it off.",
+        )
+        state.add_argument(
+            "--user_state_ttl_days",
+            type=float,
+            default=30.0,
+            help="Days after a user's last update that the job forgets the attribute values it last "
+            "sent them; bounds the state. A forgotten user's next update is sent in full.",
+        )
         braze = parser.add_argument_group("braze delivery")
         braze.add_argument(
             "--braze_batch_limit_mode",
@@ -121,6 +136,10 @@ def check_stream_options(options: StreamOptions) -> list:
         problems.append("--batch_shards_per_sync must be >= 1")
     if options.braze_timeout_seconds <= 0:
         problems.append("--braze_timeout_seconds must be > 0")
+    if options.dedup_window_minutes < 0:
+        problems.append("--dedup_window_minutes must be >= 0")
+    if options.user_state_ttl_days <= 0:
+        problems.append("--user_state_ttl_days must be > 0")
     if options.braze_max_attempts < 1:
         problems.append("--braze_max_attempts must be >= 1")
     return problems
