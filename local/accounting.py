@@ -1,7 +1,8 @@
 """Reconcile what was published with how each event ended, from the job's outcome topic.
 
 An event is published once and ends once per (sync, branch): delivered, skipped by a rule, or
-dead-lettered; or once for all if it could not be parsed. Its overall status is
+dead-lettered; or once for all if it could not be parsed (dead-lettered) or repeated an event
+seen just before (skipped as a duplicate). Its overall status is
 ``dead_lettered`` if any part of it was, else ``delivered`` if any part reached Braze, else
 ``skipped``. The demo, the integration tests and the benchmark share this so "the numbers add
 up" means the same everywhere.
@@ -33,12 +34,14 @@ class Reconciler:
         self._parts = {(sync, branch) for sync in sync_names for branch in BRANCHES}
         self._seen: Dict[str, Dict[Tuple[str, str], Tuple[str, str]]] = collections.defaultdict(dict)
         self._parse_failed: Dict[str, str] = {}
-        self.unexpected = 0
+        self._duplicates = set()
 
     def add(self, outcome: dict) -> None:
         source = outcome["source"]
         if outcome["branch"] == "parse":
             self._parse_failed[source] = outcome["reason"]
+        elif outcome["branch"] == "dedup":
+            self._duplicates.add(source)
         else:
             self._seen[source][(outcome["sync"], outcome["branch"])] = (outcome["status"], outcome["reason"])
 
@@ -48,6 +51,8 @@ class Reconciler:
     def status(self, source: str):
         if source in self._parse_failed:
             return "dead_lettered"
+        if source in self._duplicates:
+            return "skipped"
         parts = self._seen.get(source, {})
         if set(parts) != self._parts:
             return None  # not accounted for yet
@@ -65,7 +70,7 @@ class Reconciler:
         return {k: counts.get(k, 0) for k in ("delivered", "skipped", "dead_lettered", "pending")}
 
     def skip_reasons(self) -> Dict[str, int]:
-        reasons = collections.Counter()
+        reasons = collections.Counter({"duplicate (same insert id)": len(self._duplicates)} if self._duplicates else {})
         for parts in self._seen.values():
             for (sync, branch), (status, reason) in parts.items():
                 if status == "skipped":

@@ -1,9 +1,10 @@
 """The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
 
-    messages → ParseEvents → RouteToSyncs ─┬─ track items ────────────────┐
-                                           └─ identify work → Identify ───┴→ PackRequests
-                                                                              → WriteToBraze
-    outcomes:      parse failures + skips by rule + what the sink delivered or dead-lettered
+    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track items ──────────────┐
+                │                                        └─ identify work → Identify ─┤
+                └─ replayed Braze dead letters ───────────────────────────────────────┴→ PackRequests
+                                                                                          → WriteToBraze
+    outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
     dead letters:  parse failures + objects Braze did not take
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import apache_beam as beam
 
 from pipeline.config import Sync
 from transforms.batching import PackRequests
+from transforms.dedup import DropRepeats
 from transforms.identify import IdentifyDoFn
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
 from transforms.parse import ParseEvents
@@ -36,6 +38,7 @@ class EventsToBraze(beam.PTransform):
         timeout_seconds: float = 10.0,
         max_attempts: int = 6,
         max_retry_seconds: float = 120.0,
+        dedup_window_seconds: float = 600.0,
         resolve_key: Callable[[str], str] = resolve_api_key,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -44,6 +47,8 @@ class EventsToBraze(beam.PTransform):
         self._syncs = tuple(s for s in syncs if s.enabled)
         if not self._syncs:
             raise ValueError("no enabled sync: set 'enabled: true' on at least one sync in the syncs file")
+        self._dedup_window = dedup_window_seconds
+        self._clock = clock
         self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
         self._write = dict(
             timeout_seconds=timeout_seconds, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
@@ -52,19 +57,23 @@ class EventsToBraze(beam.PTransform):
 
     def expand(self, messages):
         parsed = messages | "ParseEvents" >> ParseEvents()
-        routed = parsed.events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
+        events, repeats = parsed.events, []
+        if self._dedup_window > 0:
+            unique = events | "DropRepeats" >> DropRepeats(self._dedup_window, self._clock)
+            events, repeats = unique["events"], [unique["outcomes"]]
+        routed = events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
         selected = {s.name: s.users.properties for s in self._syncs}
         identified = routed.identify | "Identify" >> beam.ParDo(IdentifyDoFn(selected)).with_outputs(
             IDENTIFY_OUTCOMES, main="attributes"
         )
-        objects = (routed.track, identified.attributes) | "AllObjects" >> beam.Flatten()
+        objects = (routed.track, identified.attributes, parsed.replay) | "AllObjects" >> beam.Flatten()
         written = (
             objects
             | "PackRequests" >> PackRequests(**self._pack)
             | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
         )
         outcomes = (
-            parsed.outcomes, routed.outcomes, identified[IDENTIFY_OUTCOMES], written.outcomes,
+            parsed.outcomes, *repeats, routed.outcomes, identified[IDENTIFY_OUTCOMES], written.outcomes,
         ) | "AllOutcomes" >> beam.Flatten()
         dead_letters = (parsed.dead_letters, written[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
         return {"outcomes": outcomes, "dead_letters": dead_letters}

@@ -53,6 +53,7 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
             timeout_seconds=opts.braze_timeout_seconds,
             max_attempts=opts.braze_max_attempts,
             max_retry_seconds=opts.braze_max_retry_seconds,
+            dedup_window_seconds=opts.dedup_window_minutes * 60.0,
         )
     )
     results["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_topic)

@@ -109,8 +109,8 @@ def test_objects_braze_rejects_are_dead_lettered_with_brazes_reason_and_no_key(b
         "events": {"select": [{"event_type": "*"}], "properties": ["note"]}}]}, allow_insecure_endpoints=True)
     note = "x" * 300  # Braze refuses string property values over 255 characters
     messages = [
-        orjson.dumps({"event_type": "Note", "user_id": "user-00003", "time": 1, "event_properties": {"note": note}}),
-        orjson.dumps({"event_type": "Note", "user_id": "user-00004", "time": 2, "event_properties": {"note": "ok"}}),
+        orjson.dumps({"event_type": "Note", "user_id": "user-00003", "time": 1_700_000_000_001, "event_properties": {"note": note}}),
+        orjson.dumps({"event_type": "Note", "user_id": "user-00004", "time": 1_700_000_000_002, "event_properties": {"note": "ok"}}),
     ]
     _run(syncs, messages, braze_sim.api_key)
     dead = COLLECTED["dead_letters"]

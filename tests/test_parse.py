@@ -32,7 +32,7 @@ def test_uuid_is_the_last_resort_insert_id_and_publish_time_the_last_resort_time
 
 
 def test_array_message_gives_one_source_per_event():
-    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1}, {"event_type": "B", "user_id": "user-2", "time": 2}])
+    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1700000000001}, {"event_type": "B", "user_id": "user-2", "time": 1700000000002}])
     assert [e.source for e in _parse(data)] == ["m1/0", "m1/1"]
 
 
@@ -50,6 +50,15 @@ def test_array_message_gives_one_source_per_event():
         (orjson.dumps({"event_type": "A", "user_id": "user-1", "time": "2024-01-01"}), "invalid_time"),
         (orjson.dumps({"event_type": "A", "user_id": "user-1", "event_time": "yesterday"}), "invalid_time"),
         (orjson.dumps({"event_type": "A", "user_id": "user-1", "event_properties": [1]}), "invalid_properties"),
+        (orjson.dumps({"event_type": 7, "user_id": "user-1"}), "invalid_event_type"),
+        (orjson.dumps({"event_type": "_identify", "user_id": "user-1"}), "reserved_event_type"),
+        (orjson.dumps({"event_type": "A", "user_id": 12345}), "invalid_id_type"),
+        (orjson.dumps({"event_type": "A", "user_id": "Anonymous", "device_id": "null"}), "placeholder_id"),
+        (orjson.dumps({"event_type": "A", "user_id": "u" * 1025}), "id_too_long"),
+        (orjson.dumps({"event_type": "A", "user_id": "user-1", "time": 1700000000}), "time_out_of_range"),
+        (b'{"event_type": "A", "user_id": "user-1", "time": NaN}', "invalid_json"),
+        (b"[" * 5000 + b"]" * 5000, "invalid_json"),
+        (b'{"event_type": "A", "user_id": "' + b"x" * (1024 * 1024) + b'"}', "message_too_large"),
     ],
 )
 def test_bad_input_becomes_a_reason_never_an_exception(data, reason):
@@ -60,7 +69,7 @@ def test_bad_input_becomes_a_reason_never_an_exception(data, reason):
 
 
 def test_one_bad_event_in_an_array_keeps_the_good_ones_and_names_the_bad_one():
-    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1}, {"user_id": "user-2"}])
+    data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1700000000001}, {"user_id": "user-2"}])
     good, (source, error, payload) = _parse(data)
     assert good.source == "m1/0"
     assert (source, error.reason) == ("m1/1", "missing_event_type")

@@ -53,6 +53,9 @@ METRICS_NAMESPACE = "braze"
 
 # Reasons the sink itself adds to those of braze_client.classify.
 RETRIES_EXHAUSTED = "retries_exhausted"
+# The reason on a DELIVERED outcome whose request was retried after a failure that may have
+# been applied (a timeout, a dropped connection, a 500): Braze may hold it twice.
+AFTER_AMBIGUOUS_RETRY = "after_ambiguous_retry"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 UNKNOWN_SYNC = "unknown_sync"
 
@@ -325,6 +328,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         m = state.metrics
         attempt = 0
         auth_refreshed = False
+        ambiguous = False
         while True:
             attempt += 1
             answer = None
@@ -356,7 +360,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             if verdict.action == bc.OK:
                 failed = self._item_failures(verdict, index_map, attempt)
                 for position, it in enumerate(items):
-                    results.append((it, failed.get(position)))
+                    results.append((it, failed.get(position, AFTER_AMBIGUOUS_RETRY if ambiguous else None)))
                 return
             if verdict.action == bc.SPLIT:
                 if len(items) == 1:
@@ -418,6 +422,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                 # The failed request may have been applied; Braze has no idempotency key,
                 # so this retry may duplicate events (braze-api.md section 6).
                 m.ambiguous_retries.inc()
+                ambiguous = True
             if wait > 0:
                 self._sleep(wait)
                 budget.waited += wait
@@ -473,17 +478,18 @@ class _BrazeSinkDoFn(beam.DoFn):
         return True
 
     def _emit(self, results: Sequence[Tuple[BrazeItem, Optional[_Failure]]], state: Optional[_SyncState]):
+        """``results``: per item, None or AFTER_AMBIGUOUS_RETRY when delivered, else a _Failure."""
         now_ms = self._clock() * 1000.0
         failed_at = utc_now_iso()
         m = state.metrics if state is not None else None
         for it, failure in results:
-            if failure is None:
+            if failure is None or failure == AFTER_AMBIGUOUS_RETRY:
                 if m is not None:
                     m.objects_delivered.inc()
                     if it.publish_time_ms is not None:
                         m.delivery_latency_ms.update(max(0, int(now_ms - it.publish_time_ms)))
                 for source in it.sources:
-                    yield Outcome(source, it.sync, it.branch, DELIVERED)
+                    yield Outcome(source, it.sync, it.branch, DELIVERED, failure or "")
                 continue
             detail = state.scrub(failure.detail) if state is not None else failure.detail
             if m is not None:
