@@ -69,6 +69,18 @@ class Reconciler:
         counts = collections.Counter(self.status(s) or "pending" for s in self.sources)
         return {k: counts.get(k, 0) for k in ("delivered", "skipped", "dead_lettered", "pending")}
 
+    def dead_lettered_sources(self) -> List[str]:
+        """Sources that at least one dead letter must name."""
+        found = list(self._parse_failed)
+        for source, parts in self._seen.items():
+            if any(status == "dead_lettered" for status, _ in parts.values()):
+                found.append(source)
+        return found
+
+    def parts(self, source: str) -> Dict[Tuple[str, str], Tuple[str, str]]:
+        """``(sync, branch) → (status, reason)`` reported so far for one source."""
+        return dict(self._seen.get(source, {}))
+
     def skip_reasons(self) -> Dict[str, int]:
         reasons = collections.Counter({"duplicate (same insert id)": len(self._duplicates)} if self._duplicates else {})
         for parts in self._seen.values():

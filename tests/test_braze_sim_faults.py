@@ -56,6 +56,23 @@ def test_burst_answers_429_with_retry_after_then_recovers(sim):
     assert len(client.user("u1")["events"]) == 1
 
 
+def test_random_rate_limit_bursts_come_in_runs_of_the_burst_size(sim):
+    client = sim.client()
+    client.set_faults(rate_limit_rate=0.2, rate_limit_burst_size=3, seed=7)
+    statuses = [track(sim, f"u{i}").status_code for i in range(60)]
+    while statuses[-1] == 429:  # a burst cut short by the end of the test
+        statuses.pop()
+    runs, run = [], 0
+    for status in statuses + [201]:
+        if status == 429:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert runs and all(r % 3 == 0 for r in runs)  # back-to-back bursts join up
+    assert len(client.users()) == statuses.count(201)
+
+
 def test_latency_delays_answers(sim):
     sim.client().set_faults(latency_ms=200)
     started = time.monotonic()

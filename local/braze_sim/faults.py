@@ -11,12 +11,12 @@ import random
 import threading
 from typing import Optional
 
-_RATES = ("error_rate", "hang_rate", "drop_rate", "apply_then_error_rate")
-_NUMBERS = ("retry_after_seconds", "latency_ms", "hang_seconds")
+_RATES = ("error_rate", "hang_rate", "drop_rate", "apply_then_error_rate", "rate_limit_rate")
+_NUMBERS = ("retry_after_seconds", "latency_ms", "hang_seconds", "rate_limit_burst_size")
 KNOWN = frozenset(_RATES + _NUMBERS + ("error_statuses", "rate_limit_burst", "seed"))
 _SERVER_ERRORS = frozenset(s.value for s in http.HTTPStatus if 500 <= s.value <= 599)
 DEFAULTS = {"error_statuses": [500, 502, 503], "retry_after_seconds": 1, "latency_ms": 0,
-            "hang_seconds": 30, "rate_limit_burst": 0}
+            "hang_seconds": 30, "rate_limit_burst": 0, "rate_limit_burst_size": 3}
 
 
 def check(spec) -> Optional[str]:
@@ -74,6 +74,11 @@ class Faults:
                 self._burst_left -= 1
                 return "burst", config["retry_after_seconds"]
             rng = self._rng
+            if config.get("rate_limit_rate") and rng.random() < config["rate_limit_rate"]:
+                # A burst: this request and the next few answer 429, as when a workspace is
+                # over its limit for a moment.
+                self._burst_left = max(0, int(config["rate_limit_burst_size"]) - 1)
+                return "burst", config["retry_after_seconds"]
             if config.get("drop_rate") and rng.random() < config["drop_rate"]:
                 return "drop", None
             if config.get("hang_rate") and rng.random() < config["hang_rate"]:
