@@ -12,16 +12,22 @@ KEY = "sk-live-0123456789abcdef"
 
 
 class FakeSecretManager:
-    def __init__(self, payload=None, error=None):
+    def __init__(self, payload=None, error=None, crc32c=None):
         self.payload = payload
+        self.crc32c = crc32c
         self.error = error
         self.names = []
+        self.timeouts = []
 
-    def access_secret_version(self, name):
+    def access_secret_version(self, name, retry=None, timeout=None):
         self.names.append(name)
+        self.timeouts.append(timeout)
         if self.error is not None:
             raise self.error
-        return SimpleNamespace(payload=SimpleNamespace(data=self.payload))
+        payload = SimpleNamespace(data=self.payload)
+        if self.crc32c is not None:
+            payload.data_crc32c = self.crc32c
+        return SimpleNamespace(payload=payload)
 
 
 def test_env_reference(monkeypatch):
@@ -71,6 +77,31 @@ def test_secret_manager_version():
     client = FakeSecretManager(payload=f"{KEY}\n".encode())
     assert resolve_api_key(VERSION, client=client) == KEY
     assert client.names == [VERSION]
+
+
+def test_secret_manager_read_is_bounded_in_time():
+    client = FakeSecretManager(payload=KEY.encode())
+    resolve_api_key(VERSION, client=client)
+    assert client.timeouts == [secrets.ACCESS_TIMEOUT_SECONDS]
+
+
+def test_secret_manager_retries_exhausted_is_temporary():
+    error = gexc.RetryError("Timeout of 20.0s exceeded", gexc.ServiceUnavailable("down"))
+    with pytest.raises(SecretError) as e:
+        resolve_api_key(VERSION, client=FakeSecretManager(error=error))
+    assert str(e.value) == f"Secret Manager unavailable reading {VERSION}: ServiceUnavailable"
+    assert not e.value.permanent and e.value.__cause__ is None
+
+
+def test_secret_manager_checksum():
+    import google_crc32c
+
+    good = int(google_crc32c.value(KEY.encode()))
+    assert resolve_api_key(VERSION, client=FakeSecretManager(payload=KEY.encode(), crc32c=good)) == KEY
+    with pytest.raises(SecretError) as e:
+        resolve_api_key(VERSION, client=FakeSecretManager(payload=KEY.encode(), crc32c=good ^ 1))
+    assert str(e.value) == f"secret version {VERSION}: payload checksum mismatch"
+    assert not e.value.permanent
 
 
 def test_secret_manager_uses_process_client():

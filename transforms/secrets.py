@@ -8,19 +8,33 @@ configuration"):
 
 Errors name the reference, never the value, and a string that is neither form is not echoed
 back (it may be a key pasted where the reference belongs).
+
+Local testing only: when ``SECRET_MANAGER_EMULATOR_HOST=host:port`` is set (like
+``PUBSUB_EMULATOR_HOST``), the process-wide client talks plain-text gRPC to that address,
+anonymously: the local server in ``local/secret_manager.py``. Never set it on Dataflow.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 from typing import Any, Optional
 
-__all__ = ["SecretError", "resolve_api_key", "is_reference", "ENV_PREFIX"]
+__all__ = ["SecretError", "resolve_api_key", "is_reference", "make_client", "reset_client", "ENV_PREFIX",
+           "EMULATOR_HOST_ENV"]
+
+_LOG = logging.getLogger(__name__)
 
 ENV_PREFIX = "env:"
+# Local testing only (see the module docstring).
+EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_VERSION = re.compile(r"projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+")
+
+# One Secret Manager read: each attempt's timeout, and the total time spent retrying.
+ACCESS_TIMEOUT_SECONDS = 10.0
+ACCESS_RETRY_SECONDS = 20.0
 
 _client_lock = threading.Lock()
 _client: Any = None
@@ -74,10 +88,19 @@ def resolve_api_key(reference: str, *, client: Any = None) -> str:
 def _access_secret_version(name: str, client: Any) -> str:
     from google.api_core import exceptions as gexc  # lazy: only Secret Manager users pay for it
 
+    from google.api_core import retry as gretry
+
     if client is None:
         client = _default_client()
+    # The client's default policy retries UNAVAILABLE for up to 60 s; the sink has its own
+    # retry budget, so one read gives up sooner and says so as a temporary SecretError.
+    retry = gretry.Retry(initial=0.5, maximum=4.0, multiplier=2.0, timeout=ACCESS_RETRY_SECONDS,
+                         predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.TooManyRequests))
     try:
-        response = client.access_secret_version(name=name)
+        response = client.access_secret_version(name=name, retry=retry, timeout=ACCESS_TIMEOUT_SECONDS)
+    except gexc.RetryError as e:
+        cause = type(e.cause).__name__ if e.cause is not None else "retries exhausted"
+        raise SecretError(f"Secret Manager unavailable reading {name}: {cause}", permanent=False) from None
     except gexc.NotFound:
         raise SecretError(f"secret version {name} does not exist") from None
     except gexc.PermissionDenied:
@@ -93,8 +116,14 @@ def _access_secret_version(name: str, client: Any) -> str:
                           permanent=False) from None
     except gexc.GoogleAPICallError as e:
         raise SecretError(f"could not read secret version {name}: {type(e).__name__}") from None
+    payload = response.payload
+    expected_crc = getattr(payload, "data_crc32c", None)
+    actual_crc = _crc32c(payload.data) if expected_crc else None
+    if actual_crc is not None and actual_crc != expected_crc:
+        # Google's access samples check this; a mismatch is corruption in transit.
+        raise SecretError(f"secret version {name}: payload checksum mismatch", permanent=False)
     try:
-        value = response.payload.data.decode("utf-8").strip()
+        value = payload.data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise SecretError(f"secret version {name} is not UTF-8 text") from None
     if not value:
@@ -102,13 +131,43 @@ def _access_secret_version(name: str, client: Any) -> str:
     return value
 
 
+def _crc32c(data: bytes) -> Optional[int]:
+    """CRC32C of ``data``, or None when google-crc32c is missing (it comes with
+    apache-beam[gcp], through google-cloud-storage; the check is then skipped)."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return int(google_crc32c.value(bytes(data)))
+
+
+def make_client(emulator_host: Optional[str] = None) -> Any:
+    """A real ``SecretManagerServiceClient``: Google's (default credentials), or, given
+    ``host:port``, one speaking plain-text gRPC to a local stand-in without credentials."""
+    from google.cloud import secretmanager
+
+    if not emulator_host:
+        return secretmanager.SecretManagerServiceClient()
+    import grpc
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+        SecretManagerServiceGrpcTransport,
+    )
+
+    transport = SecretManagerServiceGrpcTransport(
+        host=emulator_host, credentials=AnonymousCredentials(), channel=grpc.insecure_channel(emulator_host))
+    return secretmanager.SecretManagerServiceClient(transport=transport)
+
+
 def _default_client() -> Any:
     global _client
     with _client_lock:
         if _client is None:
-            from google.cloud import secretmanager
-
-            _client = secretmanager.SecretManagerServiceClient()
+            host = os.environ.get(EMULATOR_HOST_ENV, "").strip()
+            if host:
+                _LOG.warning("%s=%s: reading secrets from a local Secret Manager stand-in "
+                             "(local testing only)", EMULATOR_HOST_ENV, host)
+            _client = make_client(host or None)
         return _client
 
 
