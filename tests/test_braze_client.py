@@ -298,3 +298,39 @@ def test_key_never_in_repr_or_errors():
         BrazeClient("https://x", KEY, timeout_seconds=0)
     with pytest.raises(ValueError, match="api_key"):
         BrazeClient("https://x", "", timeout_seconds=1)
+
+
+def test_an_untrusted_certificate_is_refused_before_anything_is_sent(tmp_path):
+    """TLS is verified: a server with a self-signed certificate gets no request, and the
+    failure is a clean TransportError that says nothing was sent."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(self.path)
+            self.send_response(201)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = BrazeClient(f"https://127.0.0.1:{server.server_address[1]}", "sk-secret-123", 5)
+        with pytest.raises(TransportError) as error:
+            client.post_track(b"{}")
+        assert error.value.kind == "connection" and not error.value.maybe_applied
+        assert "sk-secret-123" not in str(error.value)
+        assert received == []
+    finally:
+        server.shutdown()

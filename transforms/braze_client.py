@@ -212,12 +212,12 @@ def _maybe_sent(exc: BaseException) -> bool:
     stack: List[Any] = [exc]
     while stack:
         e = stack.pop()
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:  # `reason` may be a plain string
             continue
         seen.add(id(e))
         name = type(e).__name__
         if name in ("NewConnectionError", "NameResolutionError", "ConnectionRefusedError",
-                    "ConnectTimeoutError"):
+                    "ConnectTimeoutError", "SSLCertVerificationError"):
             return False
         stack.extend([getattr(e, "reason", None), e.__cause__, e.__context__])
         stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
