@@ -1,0 +1,156 @@
+"""The cohorts file: targets, the Default (single-key) form, every problem at once, the schema."""
+import json
+import os
+
+import jsonschema
+import pytest
+import yaml
+
+from pipeline.cohort_config import (
+    DEFAULT_TARGET, ConfigError, CohortSync, EmailSettings, Target, UserMapping, load_cohorts, parse_cohorts,
+)
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "pipeline", "cohorts.schema.json")
+FAKE_KEY = "sk-live-1234567890abcdef"
+
+
+@pytest.fixture(scope="module")
+def validator():
+    with open(SCHEMA_PATH) as f:
+        schema = json.load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _problems(document, **kwargs):
+    with pytest.raises(ConfigError) as e:
+        parse_cohorts(document, **kwargs)
+    return e.value.problems
+
+
+def test_valid_file_with_named_targets():
+    config = load_cohorts(os.path.join(DATA, "cohorts_valid.yaml"))
+    assert not config.legacy
+    assert config.target("US Production") == Target(
+        name="US Production", endpoint="https://rest.iad-01.braze.com", api_key="env:BRAZE_DATA_IMPORT_KEY",
+        delivery="partner", user_mapping=UserMapping("user_id"),
+        partner_api_key="projects/my-project/secrets/braze-partner/versions/latest", partner="amplitude")
+    eu = config.target("EU Staging")
+    assert (eu.delivery, eu.attribute, eu.attribute_value) == ("attribute", "amplitude_cohorts", "cohort_id")
+    assert eu.user_mapping == UserMapping("user_alias", "amplitude_user", "email")
+    assert eu.user_mapping.source == "email"
+    assert config.sync("churn-risk-live") == CohortSync("churn-risk-live", "def456", "Churn risk", "US Production",
+                                                        "real_time")
+    assert config.email == EmailSettings(
+        smtp_host="smtp.example.com", sender="cohorts@example.com",
+        recipients=("growth@example.com", "data@example.com"), smtp_port=587, starttls=True,
+        username="cohorts-bot", password="env:SMTP_PASSWORD")
+
+
+def test_single_key_file_is_the_default_target():
+    config = load_cohorts(os.path.join(DATA, "cohorts_default.yaml"))
+    assert config.legacy
+    assert [t.name for t in config.targets] == [DEFAULT_TARGET]
+    assert config.sync("power-users").target == DEFAULT_TARGET
+    assert config.target("Default").partner_api_key == "env:BRAZE_PARTNER_KEY"
+
+
+def test_single_key_file_may_name_default_but_no_other_target():
+    doc = yaml.safe_load(open(os.path.join(DATA, "cohorts_default.yaml")))
+    doc["cohort_syncs"][0]["target"] = "Default"
+    assert parse_cohorts(doc).sync("power-users").target == "Default"
+    doc["cohort_syncs"][0]["target"] = "US"
+    assert _problems(doc) == ["cohort_syncs[0].target: unknown target 'US' (targets: 'Default')"]
+
+
+def test_every_problem_is_reported_with_its_path_and_no_key_is_quoted():
+    with pytest.raises(ConfigError) as e:
+        load_cohorts(os.path.join(DATA, "cohorts_many_errors.yaml"))
+    problems = e.value.problems
+    paths = [p.split(":")[0] for p in problems]
+    assert paths == [
+        "endpoint", "targets[0].endpoint", "targets[0].api_key", "targets[0].user_mapping.type",
+        "targets[0].partner", "targets[1].name", "targets[1].user_mapping.alias_label", "cohort_syncs[0].cohort_id",
+        "cohort_syncs[0].target", "cohort_syncs[0].cadence", "cohort_syncs[1].extra", "cohort_syncs[1].name",
+    ]
+    assert FAKE_KEY not in str(e.value)
+    assert "device_id needs delivery: partner" in problems[3]
+
+
+def _target(**overrides):
+    t = {"name": "T", "endpoint": "https://rest.iad-01.braze.com", "api_key": "env:K", "partner_api_key": "env:P"}
+    t.update(overrides)
+    return {k: v for k, v in t.items() if v is not None}
+
+
+def _doc(*targets, syncs=None):
+    return {"targets": list(targets), "cohort_syncs": syncs or [
+        {"name": "s", "cohort_id": "c1", "cohort_name": "C", "target": "T", "cadence": "one_time"}]}
+
+
+@pytest.mark.parametrize("target, expected", [
+    (_target(partner_api_key=None), ["targets[0].partner_api_key: required"]),
+    (_target(delivery="attribute", partner_api_key=None, attribute_value="x"),
+     ["targets[0].attribute_value: must be one of: label, cohort_id (got 'x')"]),
+    (_target(delivery="email"), ["targets[0].delivery: must be one of: partner, attribute (got 'email')"]),
+    (_target(partner="Amplitude/../x"), ["targets[0].partner: must be 1-64 lower-case letters, digits, '-' or '_' "
+                                         "(the <partner> in /partners/<partner>/cohorts)"]),
+    (_target(user_mapping={"type": "user_id", "alias_label": "x"}),
+     ["targets[0].user_mapping.alias_label: only allowed when type is user_alias (type is 'user_id')"]),
+    (_target(name=" bad"), ["targets[0].name: must be 1-64 characters: letters, digits, spaces, '.', '-' or '_', "
+                            "starting with a letter or digit",
+                            "cohort_syncs[0].target: unknown target 'T' (targets: ' bad')"]),
+    (_target(endpoint="http://127.0.0.1:9"), None),  # accepted only with allow_insecure_endpoints
+])
+def test_target_rules(target, expected):
+    if expected is None:
+        assert parse_cohorts(_doc(target), allow_insecure_endpoints=True).targets[0].endpoint == "http://127.0.0.1:9"
+        assert _problems(_doc(target))[0].startswith("targets[0].endpoint: must use https")
+    else:
+        assert _problems(_doc(target)) == expected
+
+
+def test_same_account_twice_and_same_cohort_twice_to_one_target_are_refused():
+    doc = _doc(_target(), _target(name="T2"), syncs=[
+        {"name": "a", "cohort_id": "c1", "cohort_name": "C", "target": "T", "cadence": "daily"},
+        {"name": "b", "cohort_id": "c1", "cohort_name": "C", "target": "T", "cadence": "hourly"}])
+    problems = _problems(doc)
+    assert problems[0].startswith("targets[1]: same endpoint, delivery and keys as targets[0]")
+    assert problems[1] == "cohort_syncs[1]: cohort 'c1' already goes to target 'T' in cohort_syncs[0] " \
+                          "(one sync per cohort and target)"
+
+
+def test_email_settings_are_checked():
+    doc = _doc(_target())
+    doc["notifications"] = {"email": {"smtp_host": "mail", "sender": "nobody", "recipients": [],
+                                      "password": FAKE_KEY, "smtp_port": 0}}
+    problems = _problems(doc)
+    assert problems == [
+        "notifications.email.smtp_port: must be a port number 1-65535, got number",
+        "notifications.email.sender: must be an email address",
+        "notifications.email.recipients: at least one recipient is required",
+        "notifications.email.password: must be a reference (env:NAME or projects/P/secrets/S/versions/V), not a key",
+        "notifications.email: username and password go together (SMTP login)",
+    ]
+    assert FAKE_KEY not in "\n".join(problems)
+
+
+def test_empty_and_wrong_documents():
+    assert _problems(None) == ["(document): the file is empty (expected a mapping with 'cohort_syncs')"]
+    assert _problems({"cohort_syncs": []}) == [
+        "targets: required: a list of named targets (or the single-key form: endpoint, api_key, ... at the top, "
+        "read as the target 'Default')", "cohort_syncs: at least one cohort sync is required"]
+
+
+def test_schema_accepts_the_valid_examples(validator):
+    for name in ("cohorts_valid.yaml", "cohorts_default.yaml"):
+        document = yaml.safe_load(open(os.path.join(DATA, name)))
+        assert list(validator.iter_errors(document)) == [], name
+
+
+def test_schema_rejects_what_the_loader_rejects(validator):
+    document = yaml.safe_load(open(os.path.join(DATA, "cohorts_many_errors.yaml")))
+    assert list(validator.iter_errors(document))
+    assert list(validator.iter_errors(_doc(_target(partner_api_key=None))))
+    assert list(validator.iter_errors(_doc(_target(user_mapping={"type": "user_alias"}))))

@@ -1,0 +1,414 @@
+"""Delivering cohort changes to Braze: the two modes, the retry policy, the Beam transform.
+
+Modes (``Target.delivery``; braze-api.md §5 and §1):
+
+* ``partner``: ``POST {endpoint}/partners/{partner}/cohorts`` names the cohort (called by the
+  job before any membership call, on the first sync and when the cohort was renamed), then
+  ``POST {endpoint}/partners/{partner}/cohorts/users`` carries the changes. Both keys go in the
+  body (``partner_api_key``, ``client_secret`` = the Data Import Key); there is no
+  Authorization header. At most 1,000 ids per request; each request holds one change object,
+  adds (``should_remove`` absent) and removes (``should_remove: true``) never share one.
+  Success status and body are unconfirmed (Segment's mocks use ``201 {}``), so any 2xx is a
+  success; 423 (resource locked) is retried; 400/401/403/404 fail the request.
+* ``attribute``: ``POST {endpoint}/users/track`` with ≤ 75 attribute objects per request,
+  ``{<attribute>: {"add": [value]}}`` on entry and ``{"remove": [value]}`` on exit, and
+  ``_update_existing_only: true`` so no user is ever created. Braze's ``errors[]`` for one
+  object makes that user ``skipped: rejected_by_braze``; the rest of the request counts.
+
+Unknown users: Braze applies cohort changes and update-only attributes to existing users
+only, and neither answer says which ids matched (the partner endpoint answers ``{}``,
+``/users/track`` counts processed objects, not matched ones). The job therefore cannot report
+"unknown to Braze" per user; it reports what it sent, and the report says so. What it does
+know it reports: ``unresolved_mapping`` (no value for the mapped property) and
+``rejected_by_braze``.
+
+Retries follow the streaming sink (``transforms.sink``), built from the same pure rules in
+``transforms.braze_client``: 408/429/5xx/timeouts/connection errors are retried with
+exponential backoff and full jitter (a 429 waits as its rate-limit headers say), within
+``max_attempts`` and ``max_retry_seconds``; past either, the changes are FAILED
+(``retries_exhausted``), and a run with a FAILED change is a failed run.
+
+Keys are resolved in ``setup()`` (``transforms.secrets.resolve_api_key``) and live only in the
+request bodies/headers; they never reach a result, a log line or a report.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import random
+import time
+import typing
+import zlib
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import apache_beam as beam
+import orjson
+import requests
+from apache_beam.metrics import Metrics
+
+from pipeline.cohort_config import CohortSync, Target, UserMapping
+from transforms import braze_client as bc
+from transforms.braze_client import BrazeClient, Response, TransportError, backoff_seconds, classify, \
+    retry_wait_seconds
+from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
+from transforms.secrets import SecretError, resolve_api_key
+
+__all__ = [
+    "PARTNER_MAX_IDS", "TRACK_MAX_OBJECTS", "RetryPolicy", "CohortDeliverer", "DeliverChanges", "PartnerClient",
+    "attribute_value", "attribute_objects", "classify_partner", "cohort_label", "partner_changes_body",
+    "partner_name_body", "send_with_retries",
+]
+
+_LOG = logging.getLogger(__name__)
+
+PARTNER_MAX_IDS = 1000  # user_ids + device_ids + aliases, per request (braze-api.md §5)
+TRACK_MAX_OBJECTS = 75  # objects per /users/track request (braze-api.md §1.2)
+METRICS_NAMESPACE = "cohorts"
+RETRIES_EXHAUSTED = "retries_exhausted"
+API_KEY_UNAVAILABLE = "api_key_unavailable"
+
+
+# --------------------------------------------------------------------------------------------
+# Payloads (pure)
+
+
+def cohort_label(sync: CohortSync) -> str:
+    """How Braze shows an Amplitude cohort: ``[Amplitude] <name>: <id>`` (amplitude.md §4.2)."""
+    return f"[Amplitude] {sync.cohort_name}: {sync.cohort_id}"
+
+
+def attribute_value(target: Target, sync: CohortSync) -> str:
+    return cohort_label(sync) if target.attribute_value == "label" else sync.cohort_id
+
+
+def partner_name_body(partner_api_key: str, client_secret: str, sync: CohortSync, created_at: str) -> dict:
+    return {"partner_api_key": partner_api_key, "client_secret": client_secret, "cohort_id": sync.cohort_id,
+            "name": sync.cohort_name, "created_at": created_at}
+
+
+def partner_changes_body(partner_api_key: str, client_secret: str, cohort_id: str, mapping: UserMapping,
+                         op: str, keys: Sequence[str]) -> dict:
+    if op not in (ADD, REMOVE):
+        raise ValueError(f"op must be {ADD!r} or {REMOVE!r}, got {op!r}")
+    if not keys or len(keys) > PARTNER_MAX_IDS:
+        raise ValueError(f"a request carries 1..{PARTNER_MAX_IDS} ids, got {len(keys)}")
+    if mapping.type == "user_id":
+        change = {"user_ids": list(keys)}
+    elif mapping.type == "device_id":
+        change = {"device_ids": list(keys)}
+    else:
+        change = {"aliases": [{"alias_name": k, "alias_label": mapping.alias_label} for k in keys]}
+    if op == REMOVE:
+        change["should_remove"] = True
+    return {"partner_api_key": partner_api_key, "client_secret": client_secret, "cohort_id": cohort_id,
+            "cohort_changes": [change]}
+
+
+def attribute_objects(mapping: UserMapping, attribute: str, value: str, op: str, keys: Sequence[str]) -> List[dict]:
+    if mapping.type == "device_id":
+        raise ValueError("/users/track cannot address a user by device id; use partner delivery")
+    objects = []
+    for k in keys:
+        ident = {"external_id": k} if mapping.type == "user_id" else {
+            "user_alias": {"alias_name": k, "alias_label": mapping.alias_label}}
+        objects.append({**ident, attribute: {"add" if op == ADD else "remove": [value]},
+                        "_update_existing_only": True})
+    return objects
+
+
+def classify_partner(response: Union[Response, TransportError]) -> bc.Verdict:
+    """The partner endpoints' answer → verdict. Any 2xx is success (its body is unconfirmed);
+    423 "resource locked" is retried; a 400 fails the whole request (no per-id errors)."""
+    if isinstance(response, Response):
+        shown = ""
+        if isinstance(response.body, dict) and isinstance(response.body.get("message"), str):
+            shown = response.body["message"]
+        shown = shown or response.text
+        if 200 <= response.status < 300:
+            return bc.Verdict(bc.OK, http_status=response.status)
+        if response.status == 423:
+            return bc.Verdict(bc.RETRY, "http_423", f"HTTP 423: {shown}".rstrip(": "), 423)
+        if response.status in (400, 413):
+            return bc.Verdict(bc.FAIL, bc.BRAZE_REJECTED, f"HTTP {response.status}: {shown}".rstrip(": "),
+                              response.status)
+    return classify(response)
+
+
+# --------------------------------------------------------------------------------------------
+# Transport and retries
+
+
+class PartnerClient(BrazeClient):
+    """``BrazeClient``'s transport (session, timeouts, no redirects, TLS, TransportError) for
+    the partner endpoints: the keys travel in the body, so no Authorization header is sent,
+    and both keys are scrubbed from any error text."""
+
+    def __init__(self, endpoint: str, path: str, secrets: Sequence[str], timeout_seconds: float,
+                 session: Optional[requests.Session] = None):
+        super().__init__(endpoint, secrets[0], timeout_seconds, session)
+        self.url = self.endpoint + path
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._secrets = tuple(s for s in secrets if s)
+
+    def post(self, body: bytes) -> Response:
+        return self.post_track(body)  # the same POST, to self.url
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"PartnerClient(url={self.url!r}, timeout_seconds={self.timeout_seconds})"
+
+    __str__ = __repr__
+
+
+class RetryPolicy(NamedTuple):
+    timeout_seconds: float = 10.0
+    max_attempts: int = 6
+    max_retry_seconds: float = 120.0
+    backoff_base_seconds: float = 0.5
+    backoff_cap_seconds: float = 30.0
+    max_rate_limit_wait_seconds: float = 60.0
+
+    def check(self) -> "RetryPolicy":
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        for name in ("timeout_seconds", "max_retry_seconds", "backoff_base_seconds", "backoff_cap_seconds",
+                     "max_rate_limit_wait_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
+                    or (name == "timeout_seconds" and value == 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (timeout > 0), got {value!r}")
+        return self
+
+
+def send_with_retries(send: Callable[[], Response], judge: Callable, policy: RetryPolicy,
+                      sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
+                      rng=random) -> Tuple[bc.Verdict, int]:
+    """Send until the answer is not RETRY, or the attempts or time budget run out.
+
+    Returns ``(final verdict, attempts)``; an exhausted budget is ``FAIL retries_exhausted``.
+    """
+    start, waited, attempt = clock(), 0.0, 0
+    while True:
+        attempt += 1
+        try:
+            answer = send()
+        except TransportError as e:
+            answer = e
+        verdict = judge(answer)
+        if verdict.action != bc.RETRY:
+            return verdict, attempt
+        header_wait = None
+        if verdict.rate_limited and isinstance(answer, Response):
+            header_wait = retry_wait_seconds(answer.headers, clock(), policy.max_rate_limit_wait_seconds)
+        elapsed = max(clock() - start, waited)
+        remaining = policy.max_retry_seconds - elapsed
+        if attempt >= policy.max_attempts or remaining <= 0 or (header_wait is not None and header_wait > remaining):
+            return bc.Verdict(bc.FAIL, RETRIES_EXHAUSTED,
+                              f"gave up after {attempt} attempt(s) in {elapsed:.1f}s; last error: {verdict.detail}",
+                              verdict.http_status), attempt
+        wait = header_wait if header_wait is not None else backoff_seconds(
+            attempt, policy.backoff_base_seconds, policy.backoff_cap_seconds, rng)
+        wait = max(0.0, min(wait, remaining))
+        if wait > 0:
+            sleep(wait)
+            waited += wait
+
+
+# --------------------------------------------------------------------------------------------
+# One target's deliverer (plain Python; used by the batch and the real-time DoFns)
+
+
+class CohortDeliverer:
+    """Sends one cohort's changes to one target. ``open()`` reads the keys and opens sessions."""
+
+    def __init__(self, target: Target, sync: CohortSync, policy: RetryPolicy = RetryPolicy(), *,
+                 resolve_key: Callable[[str], str] = resolve_api_key, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time):
+        self.target = target
+        self.sync = sync
+        self.policy = policy.check()
+        self._resolve_key = resolve_key
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = random.Random()
+        self._keys: Optional[Tuple[str, ...]] = None
+        self._key_error: Optional[str] = None
+        self._clients: dict = {}
+        self._requests = Metrics.counter(METRICS_NAMESPACE, f"{sync.name}.requests")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, f"{sync.name}.changes_failed")
+        self._done = Metrics.counter(METRICS_NAMESPACE, f"{sync.name}.changes_done")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_keys"], state["_clients"], state["_key_error"] = None, {}, None  # never ship keys
+        return state
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> "CohortDeliverer":
+        if self._keys is not None or self._key_error is not None:
+            return self
+        try:
+            if self.target.delivery == "partner":
+                self._keys = (self._resolve_key(self.target.partner_api_key), self._resolve_key(self.target.api_key))
+            else:
+                self._keys = (self._resolve_key(self.target.api_key),)
+        except SecretError as e:
+            self._key_error = str(e)
+            _LOG.error("target %s: cannot read a key: %s", self.target.name, e)
+            return self
+        t = self.target
+        if t.delivery == "partner":
+            base = f"/partners/{t.partner}/cohorts"
+            self._clients["name"] = PartnerClient(t.endpoint, base, self._keys, self.policy.timeout_seconds)
+            self._clients["users"] = PartnerClient(t.endpoint, base + "/users", self._keys,
+                                                   self.policy.timeout_seconds)
+        else:
+            self._clients["track"] = BrazeClient(t.endpoint, self._keys[0], self.policy.timeout_seconds)
+        return self
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - close every session
+                pass
+        self._clients = {}
+
+    def __enter__(self) -> "CohortDeliverer":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def name_cohort(self, created_at: Optional[str] = None) -> Optional[str]:
+        """Partner mode: name the cohort. Returns None on success, else why it failed."""
+        if self.target.delivery != "partner":
+            return None
+        self.open()
+        if self._key_error:
+            return f"{API_KEY_UNAVAILABLE}: {self._key_error}"
+        created_at = created_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        body = orjson.dumps(partner_name_body(self._keys[0], self._keys[1], self.sync, created_at))
+        verdict, attempts = self._send(self._clients["name"], body, classify_partner)
+        if verdict.action == bc.OK:
+            return None
+        return f"{verdict.reason}: {verdict.detail} (after {attempts} attempt(s))"
+
+    def deliver(self, op: str, changes: Sequence[Change]) -> List[Result]:
+        """Send changes of one operation; one Result per change, in order."""
+        changes = list(changes)
+        if not changes:
+            return []
+        self.open()
+        if self._key_error:
+            return self._count([Result(c.op, c.key, c.amplitude_ids, FAILED, API_KEY_UNAVAILABLE, self._key_error)
+                                for c in changes])
+        size = PARTNER_MAX_IDS if self.target.delivery == "partner" else TRACK_MAX_OBJECTS
+        results: List[Result] = []
+        for i in range(0, len(changes), size):
+            chunk = changes[i:i + size]
+            if self.target.delivery == "partner":
+                results.extend(self._deliver_partner(op, chunk))
+            else:
+                results.extend(self._deliver_attribute(op, chunk))
+        return self._count(results)
+
+    def _count(self, results: List[Result]) -> List[Result]:
+        failed = sum(1 for r in results if r.status == FAILED)
+        if failed:
+            self._failed.inc(failed)
+        if len(results) - failed:
+            self._done.inc(len(results) - failed)
+        return results
+
+    def _send(self, client, body: bytes, judge) -> Tuple[bc.Verdict, int]:
+        def send():
+            self._requests.inc()
+            return client.post_track(body)
+
+        return send_with_retries(send, judge, self.policy, self._sleep, self._clock, self._rng)
+
+    def _deliver_partner(self, op: str, chunk: List[Change]) -> List[Result]:
+        body = orjson.dumps(partner_changes_body(self._keys[0], self._keys[1], self.sync.cohort_id,
+                                                 self.target.user_mapping, op, [c.key for c in chunk]))
+        verdict, attempts = self._send(self._clients["users"], body, classify_partner)
+        if verdict.action == bc.OK:
+            return [Result(c.op, c.key, c.amplitude_ids, DONE) for c in chunk]
+        detail = f"{verdict.detail} (after {attempts} attempt(s))"
+        _LOG.warning("sync %s: %d %s changes failed: %s", self.sync.name, len(chunk), op, verdict.reason)
+        return [Result(c.op, c.key, c.amplitude_ids, FAILED, verdict.reason, detail) for c in chunk]
+
+    def _deliver_attribute(self, op: str, chunk: List[Change]) -> List[Result]:
+        t = self.target
+        objects = attribute_objects(t.user_mapping, t.attribute, attribute_value(t, self.sync), op,
+                                    [c.key for c in chunk])
+        body = orjson.dumps({"attributes": objects})
+        verdict, attempts = self._send(self._clients["track"], body, classify)
+        if verdict.action == bc.SPLIT and len(chunk) > 1:
+            middle = len(chunk) // 2
+            return self._deliver_attribute(op, chunk[:middle]) + self._deliver_attribute(op, chunk[middle:])
+        rejected = {e.index: e.type for e in verdict.item_errors if e.input_array == bc.ATTRIBUTES}
+        if verdict.action == bc.OK or (verdict.action == bc.REJECT and len(rejected) == len(chunk)):
+            return [Result(c.op, c.key, c.amplitude_ids, SKIPPED, REJECTED_BY_BRAZE, rejected[i]) if i in rejected
+                    else Result(c.op, c.key, c.amplitude_ids, DONE) for i, c in enumerate(chunk)]
+        detail = f"{verdict.detail} (after {attempts} attempt(s))"
+        _LOG.warning("sync %s: %d %s changes failed: %s", self.sync.name, len(chunk), op, verdict.reason)
+        return [Result(c.op, c.key, c.amplitude_ids, FAILED, verdict.reason, detail) for c in chunk]
+
+
+# --------------------------------------------------------------------------------------------
+# Beam
+
+
+class DeliverChanges(beam.PTransform):
+    """PCollection[Change] → PCollection[Result], in requests of at most the mode's size.
+
+    Changes are keyed by (operation, shard) and grouped, so adds and removes never share a
+    request and ``shards`` requests can be in flight at once.
+    """
+
+    def __init__(self, target: Target, sync: CohortSync, policy: RetryPolicy = RetryPolicy(), *, shards: int = 4,
+                 resolve_key: Callable[[str], str] = resolve_api_key, sleep=time.sleep, clock=time.time):
+        super().__init__()
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
+        if target.delivery == "attribute" and target.user_mapping.type == "device_id":
+            raise ValueError(f"target {target.name!r}: device_id mapping needs partner delivery")
+        self._deliverer = CohortDeliverer(target, sync, policy, resolve_key=resolve_key, sleep=sleep, clock=clock)
+        self._batch = PARTNER_MAX_IDS if target.delivery == "partner" else TRACK_MAX_OBJECTS
+        self._shards = shards
+
+    def expand(self, changes):
+        shards = self._shards
+        return (
+            changes
+            | "Key by operation and shard" >> beam.Map(
+                lambda c: (f"{c.op}:{zlib.crc32(c.key.encode('utf-8')) % shards}", c)).with_output_types(
+                    typing.Tuple[str, Change])
+            | "Group into requests" >> beam.GroupIntoBatches(self._batch)
+            | "Send to Braze" >> beam.ParDo(_DeliverDoFn(self._deliverer))
+        )
+
+
+class _DeliverDoFn(beam.DoFn):
+    def __init__(self, deliverer: CohortDeliverer):
+        self._deliverer = deliverer
+
+    def setup(self):
+        self._deliverer.open()
+
+    def teardown(self):
+        self._deliverer.close()
+
+    def process(self, element):
+        key, changes = element
+        op = key.split(":", 1)[0]
+        yield from self._deliverer.deliver(op, list(changes))

@@ -1,0 +1,105 @@
+"""The report every run writes: ``<report_dir>/reports/<cohort_id>/<target>/<run_id>.json|.csv``.
+
+The JSON holds the run (id, sync, cohort, target, mode, cadence, started/finished, status,
+run-level errors and notes, the email's outcome), the counts, and one row per Amplitude user.
+The CSV holds the rows with the columns of Amplitude's sync-history export (amplitude.md §3.5:
+``Amplitude_id``, ``Operation``, mapped properties, ``Skip_detected``, ``Skip_reason``), plus the
+status and detail:
+
+    amplitude_id,operation,braze_id_type,braze_id,status,skipped,skip_reason,detail
+
+``status`` is ``sent`` (Braze accepted the request; see the note on unknown users),
+``skipped`` or ``failed``. A change whose Braze id came from several Amplitude ids gives one
+row per Amplitude id.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterable, List, Optional
+
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.cohorts.records import ADD, DONE, FAILED, SKIPPED, Result
+from transforms.cohorts.state import quote
+
+__all__ = ["CSV_COLUMNS", "UNKNOWN_USERS_NOTE", "build_report", "count_results", "report_paths", "write_report",
+           "report_rows"]
+
+CSV_COLUMNS = ("amplitude_id", "operation", "braze_id_type", "braze_id", "status", "skipped", "skip_reason", "detail")
+UNKNOWN_USERS_NOTE = (
+    "Braze adds and removes existing users only and never creates users from a cohort; its answer does not "
+    "say which ids it matched, so 'sent' users unknown to Braze were ignored by Braze, not added.")
+BRAZE_ID_TYPES = {"user_id": "external_id", "device_id": "device_id", "user_alias": "user_alias"}
+_STATUS = {DONE: "sent", SKIPPED: "skipped", FAILED: "failed"}
+
+
+def count_results(results: Iterable[Result], unchanged: int = 0) -> dict:
+    counts = {"added": 0, "removed": 0, "skipped": 0, "failed": 0, "unchanged": unchanged}
+    for r in results:
+        n = max(1, len(r.amplitude_ids))
+        if r.status == DONE:
+            counts["added" if r.op == ADD else "removed"] += n
+        elif r.status == SKIPPED:
+            counts["skipped"] += n
+        else:
+            counts["failed"] += n
+    return counts
+
+
+def report_rows(results: Iterable[Result], mapping_type: str) -> List[dict]:
+    rows = []
+    id_type = BRAZE_ID_TYPES.get(mapping_type, mapping_type)
+    order = {FAILED: 0, SKIPPED: 1, DONE: 2}
+    for r in sorted(results, key=lambda r: (order.get(r.status, 3), r.op, r.key, r.amplitude_ids)):
+        for amplitude_id in r.amplitude_ids or ("",):
+            rows.append({"amplitude_id": amplitude_id, "operation": r.op, "braze_id_type": id_type,
+                         "braze_id": r.key, "status": _STATUS.get(r.status, r.status),
+                         "skipped": r.status == SKIPPED, "skip_reason": r.reason if r.status == SKIPPED else "",
+                         "detail": r.detail if r.status != DONE else (r.reason or "")})
+    return rows
+
+
+def report_paths(report_dir: str, cohort_id: str, target: str, run_id: str):
+    base = FileSystems.join(report_dir.rstrip("/"), "reports", quote(cohort_id), quote(target), run_id)
+    return base + ".json", base + ".csv"
+
+
+def build_report(*, run_id: str, sync, target, mode: str, started_at: str, finished_at: str, status: str,
+                 results: Iterable[Result], unchanged: int = 0, errors: Iterable[str] = (),
+                 notes: Iterable[str] = (), email: Optional[dict] = None) -> dict:
+    results = list(results)
+    return {
+        "run_id": run_id,
+        "sync": sync.name,
+        "cohort_id": sync.cohort_id,
+        "cohort_name": sync.cohort_name,
+        "target": target.name,
+        "delivery": target.delivery,
+        "user_mapping": target.user_mapping.type,
+        "cadence": sync.cadence,
+        "mode": mode,  # full | incremental | real_time
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "status": status,  # success | failed
+        "counts": count_results(results, unchanged),
+        "errors": list(errors),
+        "notes": [UNKNOWN_USERS_NOTE, *notes],
+        "email": email or {"sent": False, "error": "not configured"},
+        "users": report_rows(results, target.user_mapping.type),
+    }
+
+
+def write_report(report: dict, json_path: str, csv_path: str) -> None:
+    """Write both files (each in one piece: a reader never sees half a report)."""
+    with FileSystems.create(json_path, compression_type="uncompressed") as f:
+        f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in report["users"]:
+        writer.writerow({**row, "skipped": "true" if row["skipped"] else "false"})
+    with FileSystems.create(csv_path, compression_type="uncompressed") as f:
+        f.write(text.getvalue().encode("utf-8"))
+
