@@ -20,6 +20,6 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "jsonschema>=4.20,<5", "aiosmtpd>=1.4,<2"],
-        "bench": ["pyinstrument>=4.6,<6"],
+        "bench": ["pyinstrument>=4.6,<6", "matplotlib>=3.8,<4"],
     },
 )
