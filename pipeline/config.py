@@ -77,6 +77,7 @@ class EventSettings:
     enabled: bool = False
     select: Tuple[EventSelector, ...] = ()
     properties: Tuple[str, ...] = ()
+    purchases: bool = False  # revenue events → Braze purchase objects (transforms/purchases.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ _TOP_KEYS = ("$schema", "syncs")  # "$schema" lets JSON editors find syncs.schem
 _SYNC_KEYS = ("name", "enabled", "endpoint", "api_key", "app_id", "identifier", "users", "events")
 _IDENTIFIER_KEYS = ("type", "source", "alias_label")
 _USERS_KEYS = ("enabled", "properties", "update_existing_only")
-_EVENTS_KEYS = ("enabled", "select", "properties")
+_EVENTS_KEYS = ("enabled", "select", "properties", "purchases")
 _SELECTOR_KEYS = ("event_type", "where")
 _CONDITION_KEYS = ("property", "op", "value")
 
@@ -542,9 +543,10 @@ class _Validator:
         enabled = self.boolean(em, "enabled", p, True)
         select = self.select(em, p, enabled)
         properties = self.string_list(em, "properties", p)
+        purchases = self.boolean(em, "purchases", p, False)
         if len(self.problems) != n:
             return None
-        return EventSettings(enabled=enabled, select=select, properties=properties)
+        return EventSettings(enabled=enabled, select=select, properties=properties, purchases=purchases)
 
     def select(self, em, path, enabled):
         p = _join(path, "select")

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Tuple
+from typing import Any, Callable, Tuple
 
 import apache_beam as beam
 
@@ -39,6 +39,7 @@ class EventsToBraze(beam.PTransform):
         max_attempts: int = 6,
         max_retry_seconds: float = 120.0,
         dedup_window_seconds: float = 600.0,
+        user_state_ttl_days: float = 30.0,
         resolve_key: Callable[[str], str] = resolve_api_key,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -48,6 +49,10 @@ class EventsToBraze(beam.PTransform):
         if not self._syncs:
             raise ValueError("no enabled sync: set 'enabled: true' on at least one sync in the syncs file")
         self._dedup_window = dedup_window_seconds
+        if isinstance(user_state_ttl_days, bool) or not isinstance(user_state_ttl_days, (int, float)) \
+                or not user_state_ttl_days > 0:
+            raise ValueError(f"user_state_ttl_days must be a number > 0, got {user_state_ttl_days!r}")
+        self._identify = dict(ttl_seconds=user_state_ttl_days * 86400.0, clock=clock)
         self._clock = clock
         self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
         self._write = dict(
@@ -63,7 +68,11 @@ class EventsToBraze(beam.PTransform):
             events, repeats = unique["events"], [unique["outcomes"]]
         routed = events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
         selected = {s.name: s.users.properties for s in self._syncs}
-        identified = routed.identify | "Identify" >> beam.ParDo(IdentifyDoFn(selected)).with_outputs(
+        # Typed, so the identify state and timers get a str key coder (deterministic; the
+        # FnApiRunner cannot decode timers of a FastPrimitivesCoder key).
+        identify_work = routed.identify | "TypeIdentifyWork" >> beam.Map(lambda kv: kv).with_output_types(
+            Tuple[str, Any])
+        identified = identify_work | "Identify" >> beam.ParDo(IdentifyDoFn(selected, **self._identify)).with_outputs(
             IDENTIFY_OUTCOMES, main="attributes"
         )
         objects = (routed.track, identified.attributes, parsed.replay) | "AllObjects" >> beam.Flatten()

@@ -54,6 +54,7 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
             max_attempts=opts.braze_max_attempts,
             max_retry_seconds=opts.braze_max_retry_seconds,
             dedup_window_seconds=opts.dedup_window_minutes * 60.0,
+            user_state_ttl_days=opts.user_state_ttl_days,
         )
     )
     results["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_topic)

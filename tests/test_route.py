@@ -54,8 +54,51 @@ def test_track_skips_say_why(sync_doc, event, track_reason):
 def test_identify_work_is_keyed_by_sync_and_user_and_carries_only_selected_updates():
     out = route(EVERYTHING, {"event_type": "$identify", "user_id": "user-1",
                              "user_properties": {"$set": {"plan": "pro", "x": 1}}})
-    [(key, (source, publish_ms, fields, updates))] = out["identify"]
-    assert (key, source, fields, updates) == ("s|user-1", "m/0", {"external_id": "user-1"}, [("$set", "plan", "pro")])
+    [(key, (source, publish_ms, time_ms, fields, updates, track))] = out["identify"]
+    assert (key, source, time_ms, fields, updates, track) == (
+        "s|user-1", "m/0", 1_700_000_000_000, {"external_id": "user-1"}, [("$set", "plan", "pro")], ())
+
+
+def test_an_event_that_updates_its_user_sends_its_objects_along_with_the_update():
+    out = route(EVERYTHING, {"event_type": "Buy", "user_id": "user-1", "user_properties": {"plan": "pro"}})
+    [(_, (_, _, _, _, updates, track))] = out["identify"]
+    assert out["track"] == [] and updates == [("$set", "plan", "pro")]
+    assert [(i.kind, i.obj["name"], i.branch) for i in track] == [("events", "Buy", "track")]
+
+
+def test_clear_all_reaches_identify_for_a_sync_with_selected_properties():
+    out = route(EVERYTHING, {"event_type": "$identify", "user_id": "user-1", "user_properties": {"$clearAll": "-"}})
+    [(_, (_, _, _, _, updates, _))] = out["identify"]
+    assert updates == [("$clearAll", "", None)]
+
+
+PURCHASES = {"events": {"select": [{"event_type": "*"}], "properties": ["sku"], "purchases": True}}
+
+
+def test_revenue_event_becomes_a_purchase_where_the_sync_asks_for_it():
+    event = {"event_type": "Order Completed", "user_id": "user-1", "price": 9.5, "quantity": 2, "productId": "sku-1",
+             "currency": "eur", "event_properties": {"sku": "sku-1", "other": 1}}
+    [item] = route(PURCHASES, event)["track"]
+    assert (item.kind, item.sources) == ("purchases", ("m/0",))
+    assert item.obj == {"external_id": "user-1", "product_id": "sku-1", "currency": "EUR", "price": 9.5, "quantity": 2,
+                        "time": "2023-11-14T22:13:20.000Z", "properties": {"sku": "sku-1"}}
+    # Without the option the same event is a custom event.
+    [plain] = route(EVERYTHING, event)["track"]
+    assert plain.kind == "events"
+
+
+def test_non_revenue_events_and_refunds_stay_custom_events_and_bad_revenue_is_skipped_with_the_reason():
+    [plain] = route(PURCHASES, {"event_type": "Page Viewed", "user_id": "user-1"})["track"]
+    [refund] = route(PURCHASES, {"event_type": "Refund", "user_id": "user-1", "price": -5})["track"]
+    assert (plain.kind, refund.kind) == ("events", "events")
+    out = route(PURCHASES, {"event_type": "Buy", "user_id": "user-1", "price": "9.99"})
+    assert out["track"] == [] and ("track", "invalid_price") in [(o.branch, o.reason) for o in out["outcomes"]]
+
+
+def test_a_quantity_over_100_splits_into_purchases_that_each_carry_the_source():
+    items = route(PURCHASES, {"event_type": "Buy", "user_id": "user-1", "revenue": 250.0, "quantity": 250})["track"]
+    assert [(i.obj["quantity"], i.obj["price"], i.sources) for i in items] == [
+        (100, 1.0, ("m/0",)), (100, 1.0, ("m/0",)), (50, 1.0, ("m/0",))]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,18 @@
 Per (event, sync) each branch either produces work or records why it skipped the event
 (``events_disabled``, ``not_selected``, ``missing_identifier``, ...), so every event is
 accounted for in every branch of every sync.
+
+Track: a selected event becomes a Braze event object, or, where the sync sets
+``events.purchases`` and the event carries revenue, purchase objects (``transforms.purchases``;
+a purchase over Braze's quantity cap of 100 gives several objects, each carrying the event's
+source). Identify: the selected user-property updates, keyed by (sync, user), with the event
+time, so ``transforms.identify`` can apply them in event-time order.
+
+An event that updates its user in a sync sends its track objects through the identify step
+with the update: ``IdentifyDoFn`` emits the attribute object and then those objects, so they
+reach the packer together and share a request (Braze applies a request's attributes before
+its events). On the direct path the events would arrive first and could leave without it.
+Events that update nobody go straight to the packer.
 """
 from __future__ import annotations
 
@@ -16,7 +28,8 @@ from pipeline.config import Sync
 from transforms.filters import compile_selectors
 from transforms.identifiers import IdentifierMapper
 from transforms.identify import identify_key, selected_updates
-from transforms.records import EVENTS, IDENTIFY, SKIPPED, TRACK, BrazeItem, Outcome
+from transforms.purchases import purchase_of, purchase_objects
+from transforms.records import EVENTS, IDENTIFY, PURCHASES, SKIPPED, TRACK, BrazeItem, Outcome
 from transforms.track import NOT_TRACKED_EVENT_TYPES, event_object
 
 IDENTIFY_TAG = "identify"
@@ -32,6 +45,7 @@ class _SyncRoute:
         self.events_enabled = sync.events.enabled
         self.selects = compile_selectors(sync.events.select) if sync.events.enabled else None
         self.event_properties = sync.events.properties
+        self.purchases = sync.events.enabled and sync.events.purchases
         self.app_id = sync.app_id
         self.users_enabled = sync.users.enabled
         self.user_properties = frozenset(sync.users.properties)
@@ -65,6 +79,7 @@ class _RouteDoFn(beam.DoFn):
             fields = route.mapper.fields(user_key) if user_key is not None else None
 
             # Track branch.
+            track = []
             if not route.events_enabled:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, TRACK, "events_disabled"))
             elif event["event_type"] in NOT_TRACKED_EVENT_TYPES:
@@ -74,22 +89,44 @@ class _RouteDoFn(beam.DoFn):
             elif fields is None:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, TRACK, "missing_identifier"))
             else:
-                obj = event_object(event, parsed.time_ms, fields, route.event_properties, route.app_id)
-                yield BrazeItem(route.name, user_key, EVENTS, obj, (source,), TRACK, parsed.publish_time_ms)
+                for out in self._track(route, parsed, user_key, fields):
+                    if isinstance(out, pvalue.TaggedOutput):
+                        yield out
+                    else:
+                        track.append(out)
 
             # Identify branch: only events that touch a selected property reach the state.
             if not route.users_enabled:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "users_disabled"))
+                yield from track
                 continue
             updates = selected_updates(event["user_properties"], route.user_properties)
             if not updates:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "no_selected_property"))
+                yield from track
             elif fields is None:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "missing_identifier"))
+                yield from track
             else:
-                yield pvalue.TaggedOutput(
-                    IDENTIFY_TAG, (identify_key(route.name, user_key), (source, parsed.publish_time_ms, fields, updates))
-                )
+                # The event's own objects ride along, so they reach the packer right after the
+                # attribute update they go with, and not before it on the shorter path.
+                yield pvalue.TaggedOutput(IDENTIFY_TAG, (
+                    identify_key(route.name, user_key),
+                    (source, parsed.publish_time_ms, parsed.time_ms, fields, updates, tuple(track)),
+                ))
+
+    @staticmethod
+    def _track(route: _SyncRoute, parsed, user_key: str, fields: dict):
+        event, source = parsed.event, parsed.source
+        purchase = purchase_of(event) if route.purchases else None
+        if isinstance(purchase, str):
+            yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, TRACK, purchase))
+        elif purchase is not None:
+            for obj in purchase_objects(purchase, event, parsed.time_ms, fields, route.event_properties, route.app_id):
+                yield BrazeItem(route.name, user_key, PURCHASES, obj, (source,), TRACK, parsed.publish_time_ms)
+        else:
+            obj = event_object(event, parsed.time_ms, fields, route.event_properties, route.app_id)
+            yield BrazeItem(route.name, user_key, EVENTS, obj, (source,), TRACK, parsed.publish_time_ms)
 
 
 class RouteToSyncs(beam.PTransform):

@@ -1,4 +1,7 @@
-"""The track branch: a selected Amplitude event → one Braze event object."""
+"""The track branch: a selected Amplitude event → one Braze event object.
+
+(Revenue events become purchase objects instead where a sync asks for it: ``transforms.purchases``.)
+"""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -9,22 +12,28 @@ from transforms.records import iso_from_ms
 NOT_TRACKED_EVENT_TYPES = frozenset({"$identify", "$groupidentify"})
 
 
+def selected_properties(event: dict, properties: Tuple[str, ...]) -> dict:
+    """The selected event properties the event carries (none selected → none sent).
+
+    A null value is left out: Braze documents no null property type, and "not set" is what
+    an absent property already says."""
+    if not properties:
+        return {}
+    source = event["event_properties"]
+    return {name: source[name] for name in properties if source.get(name) is not None}
+
+
 def event_object(
     event: dict, time_ms: int, identifier_fields: dict, properties: Tuple[str, ...], app_id: Optional[str]
 ) -> dict:
     """Braze event object: identifier, ``name``, ``time`` (ISO 8601 UTC), ``app_id``, and only
-    the selected event properties that the event carries (none selected → none sent).
-
-    A null value is left out: Braze documents no null property type, and "not set" is what
-    an absent property already says."""
+    the selected event properties that the event carries."""
     obj = dict(identifier_fields)
     obj["name"] = event["event_type"]
     obj["time"] = iso_from_ms(time_ms)
     if app_id:
         obj["app_id"] = app_id
-    if properties:
-        source = event["event_properties"]
-        selected = {name: source[name] for name in properties if source.get(name) is not None}
-        if selected:
-            obj["properties"] = selected
+    selected = selected_properties(event, properties)
+    if selected:
+        obj["properties"] = selected
     return obj
