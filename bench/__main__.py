@@ -1,0 +1,198 @@
+"""``python -m bench [PART ...]``: run the benchmark parts (all by default), merge their figures
+into bench/results.json and print a short table. See bench/__init__.py for the parts."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+
+from bench import PARTS
+from bench.common import Corpus, CorpusSpec, machine, tempdir
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (part, key, goal text, test) — the issue's goals; a figure that misses one is reported, not hidden.
+GOALS = (
+    ("core", "ratio_to_floor", ">= 0.5", lambda v: v >= 0.5),
+    ("beam_batch", "ratio_to_passthrough", ">= 0.5", lambda v: v >= 0.5),
+    ("streaming", "latency_p95_s", "<= 5 s at 300 events/s", lambda v: v <= 5.0),
+    ("streaming", "fill_ratio", ">= 0.95", lambda v: v >= 0.95),
+    ("data_points", "ours_redundant_writes", "== 0", lambda v: v == 0),
+)
+
+TABLE = (
+    ("core", "events_per_s", "events/s"),
+    ("core", "floor_events_per_s", "events/s (floor)"),
+    ("core", "ratio_to_floor", ""),
+    ("beam_batch", "events_per_s", "events/s"),
+    ("beam_batch", "passthrough_events_per_s", "events/s (passthrough)"),
+    ("beam_batch", "ratio_to_passthrough", ""),
+    ("streaming", "offered_events_per_s", "events/s"),
+    ("streaming", "events_per_s", "events/s"),
+    ("streaming", "latency_p50_s", "s"),
+    ("streaming", "latency_p95_s", "s"),
+    ("streaming", "latency_p99_s", "s"),
+    ("streaming", "requests_per_1000_events", ""),
+    ("streaming", "objects_per_request", ""),
+    ("streaming", "fill_ratio", ""),
+    ("sink", "objects_per_s", "objects/s, 1 process, 100 ms Braze"),
+    ("sink", "max_in_flight", "requests"),
+    ("data_points", "ours", "attribute data points"),
+    ("data_points", "naive", "attribute data points"),
+    ("data_points", "saving_pct", "%"),
+    ("data_points", "ours_redundant_writes", ""),
+    ("naive_forwarder", "requests_per_1000_events", ""),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--events", type=int, default=100_000, help="corpus size in events")
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--malformed-share", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=3, help="core: timed passes of ours and of the floor")
+    parser.add_argument("--no-profile", action="store_true", help="core: skip the profile")
+    parser.add_argument("--rate", type=float, default=300.0, help="streaming: offered events/s")
+    parser.add_argument("--duration", type=float, default=60.0, help="streaming: measured seconds")
+    parser.add_argument("--tail", type=float, default=5.0, help="streaming: seconds published after the window")
+    parser.add_argument("--max-batch-wait", type=float, default=2.0,
+                        help="streaming: the job's --max_batch_wait_seconds (its default)")
+    parser.add_argument("--beam-events", type=int, default=20_000,
+                        help="beam_batch/data_points: the graph runs on this prefix of the corpus (0: all of it; "
+                             "the FnApiRunner takes minutes per 20,000 events on 2 cores)")
+    parser.add_argument("--sink-batches", type=int, default=60)
+    parser.add_argument("--naive-events", type=int, default=2000)
+    parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--plot", default=os.path.join(HERE, "latency.png"))
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return args
+
+
+def run(args, log=print) -> dict:
+    parts = [p for p in PARTS if p in args.parts] or list(PARTS)  # beam_batch before data_points
+    machine_info = machine()  # the load average before we add to it
+    spec = CorpusSpec(events=args.events, users=args.users, seed=args.seed, malformed_share=args.malformed_share)
+    began = time.monotonic()
+    results = {}
+    shared = {}
+    with tempdir() as work:
+        corpus = Corpus(spec, work)
+        log(f"bench: corpus of {corpus.events} events in {len(corpus.messages)} messages "
+            f"({corpus.generate_seconds:.1f} s); work files in {work}")
+        for part in parts:
+            t = time.monotonic()
+            log(f"bench: {part} ...")
+            try:
+                figures = _run_part(part, args, corpus, work, parts, shared, log)
+            except Exception as error:  # noqa: BLE001 - one broken part must not hide the others
+                traceback.print_exc()
+                figures = {"error": f"{type(error).__name__}: {str(error)[:500]}"}
+                log(f"bench: {part} FAILED: {figures['error']}")
+            figures["corpus"] = spec.as_dict()
+            figures["part_seconds"] = round(time.monotonic() - t, 1)
+            figures["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            results[part] = figures
+    results["machine"] = machine_info
+    results["run"] = {"parts": parts, "seconds": round(time.monotonic() - began, 1),
+                      "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+                      "command": "python -m bench " + " ".join(sys.argv[1:])}
+    return results
+
+
+def _run_part(part, args, corpus, work, parts, shared, log) -> dict:
+    if part == "core":
+        from bench import core
+
+        return core.run(corpus, repeats=args.repeats, do_profile=not args.no_profile, log=log)
+    if part == "beam_batch":
+        from bench import beam_batch
+
+        try:
+            return beam_batch.run(corpus, work, shared=shared if "data_points" in parts else None,
+                                  events=args.beam_events, log=log)
+        except Exception as error:
+            shared["graph_error"] = f"{type(error).__name__}: {str(error)[:300]}"  # data_points: skip the graph
+            raise
+    if part == "streaming":
+        from bench import streaming
+
+        return streaming.run(corpus, work, rate=args.rate, duration=args.duration, tail=args.tail,
+                             max_batch_wait_seconds=args.max_batch_wait, plot_path=args.plot, log=log)
+    if part == "sink":
+        from bench import sink
+
+        return sink.run(corpus, work, batches=args.sink_batches, log=log)
+    if part == "data_points":
+        from bench import data_points
+
+        return data_points.run(corpus, work, ours=shared.get("data_points"), events=args.beam_events,
+                               graph_error=shared.get("graph_error"), log=log)
+    from bench import naive_forwarder
+
+    return naive_forwarder.run(corpus, work, events=args.naive_events, log=log)
+
+
+def merge(path: str, new: dict) -> dict:
+    """Keep the figures of parts not run this time (each part says when it was measured)."""
+    merged = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                merged = json.load(f)
+        except (OSError, ValueError):
+            merged = {}
+    merged.update(new)
+    merged["goals"] = goals(merged)
+    return merged
+
+
+def goals(results: dict) -> list:
+    out = []
+    for part, key, text, test in GOALS:
+        value = results.get(part, {}).get(key)
+        out.append({"figure": f"{part}.{key}", "goal": text, "value": value,
+                    "met": None if value is None else bool(test(value))})
+    return out
+
+
+def table(results: dict) -> str:
+    lines = [f"{'figure':<42} {'value':>12}  unit"]
+    for part, key, unit in TABLE:
+        value = results.get(part, {}).get(key)
+        if value is None:
+            continue
+        lines.append(f"{part + '.' + key:<42} {value:>12}  {unit}")
+    lines.append("")
+    for g in results.get("goals", ()):
+        if g["met"] is not None:
+            lines.append(f"goal {g['figure']} {g['goal']}: {'met' if g['met'] else 'NOT MET'} ({g['value']})")
+    m = results.get("machine", {})
+    lines.append(f"machine: {m.get('cores')} cores {m.get('cpu_model', '')}, Python {m.get('python')}, "
+                 f"Beam {m.get('beam_version')}, load {m.get('loadavg_1m_at_start')} at start")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    new = run(args, log=lambda *a: print(*a, flush=True))
+    results = merge(args.out, new)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    print()
+    print(table(results))
+    print(f"\nbench: wrote {os.path.relpath(args.out)} in {new['run']['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Part ``sink``: ``transforms.sink.WriteToBraze`` alone, on the FnApiRunner (one worker
+process), over pre-built full batches of 75 real objects, against the simulator answering every
+request 100 ms late (``set_faults(latency_ms=100)``): what one worker process can push to a
+Braze that is not instant, and how many requests it keeps in flight.
+
+In flight is read from the simulator's request log: request *i* occupies
+[received_at, received_at + latency]; the most that overlap, and the mean (busy time / span).
+"""
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from bench.common import (
+    MAX_OBJECTS, Corpus, PureJob, all_requests, bench_key, bench_syncs, objects_in, simulator,
+)
+from transforms.batching import RequestLimits, pack
+from transforms.sink import WriteToBraze
+
+RUNNER = "FnApiRunner"
+
+
+def full_batches(corpus: Corpus, count: int, syncs):
+    """Up to ``count`` batches of 75 real objects (one sync each), as PackRequests emits them:
+    ``(key, [BrazeItem, ...])``."""
+    job = PureJob(syncs)
+    by_sync = {}
+    needed = (count + len(syncs)) * MAX_OBJECTS
+    total = 0
+    for i, data in enumerate(corpus.messages):
+        for _, event_items in job.message_items(data, f"m{i}"):
+            for item in event_items:
+                by_sync.setdefault(item.sync, []).append(item)
+                total += 1
+        if total >= needed:
+            break
+    limits = RequestLimits("combined")
+    batches = [(f"{sync}#bench", batch) for sync, items in by_sync.items() for batch in pack(items, limits)]
+    batches.sort(key=lambda kb: -len(kb[1]))  # full ones first
+    return batches[:count]
+
+
+def max_overlap(intervals) -> int:
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1]))
+    best = current = 0
+    for _, delta in points:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, log=print) -> dict:
+    with simulator(log_dir, name="sim-sink") as sim, bench_key(sim.key):
+        syncs = bench_syncs(sim.url)
+        work = full_batches(corpus, batches, syncs)
+        client = sim.client()
+        client.set_faults(latency_ms=latency_ms)
+        started = time.perf_counter()
+        with beam.Pipeline(options=PipelineOptions(flags=[], runner=RUNNER)) as p:
+            p | "Batches" >> beam.Create(work) | "WriteToBraze" >> WriteToBraze(syncs)
+        wall = time.perf_counter() - started
+        requests = all_requests(client)
+    latency = latency_ms / 1000.0
+    objects = sum(objects_in(r.get("body")) for r in requests)
+    starts = sorted(r["received_at"] for r in requests)
+    span = (starts[-1] + latency - starts[0]) if starts else float("nan")
+    intervals = [(s, s + latency) for s in starts]
+    result = {
+        "runner": RUNNER,
+        "worker_processes": 1,
+        "added_latency_ms": latency_ms,
+        "batches": len(work),
+        "requests": len(requests),
+        "objects": objects,
+        "objects_per_s": round(objects / span, 1) if span > 0 else None,
+        "objects_per_s_including_runner_startup": round(objects / wall, 1),
+        "max_in_flight": max_overlap(intervals),
+        "mean_in_flight": round(len(requests) * latency / span, 2) if span > 0 else None,
+        "ceiling_objects_per_s_one_in_flight": round(MAX_OBJECTS / latency, 1),
+        "seconds": round(wall, 2),
+    }
+    log(f"  sink: {result['objects_per_s']} objects/s, max in flight {result['max_in_flight']}")
+    return result
