@@ -49,8 +49,8 @@ import re
 from typing import Optional, Tuple
 
 from pipeline.config import (
-    ConfigError, _API_KEY_MESSAGE, _ENV_REF_RE, _ROOT, _SECRET_REF_RE, _Validator, _join, _parse_json,
-    _parse_yaml, _read_bytes, _type_name,
+    ConfigError, _API_KEY_MESSAGE, _ENV_REF_RE, _ROOT, _SECRET_REF_RE, _Validator, _join, decode_document,
+    _read_bytes, _type_name,
 )
 
 __all__ = [
@@ -176,21 +176,7 @@ def load_cohorts(path_or_uri: str, *, allow_insecure_endpoints: bool = False) ->
 
 def loads_cohorts(text, *, source: str = "<cohorts>", format: Optional[str] = None,
                   allow_insecure_endpoints: bool = False) -> CohortConfig:
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise ConfigError(source, [f"{_ROOT}: not UTF-8 text (byte {e.start})"]) from None
-    if not text.strip():
-        raise ConfigError(source, [f"{_ROOT}: the file is empty (expected a mapping with 'cohort_syncs')"])
-    if format is None:
-        format = "json" if text.lstrip().startswith("{") else "yaml"
-    if format == "json":
-        document, duplicates = _parse_json(text, source)
-    elif format == "yaml":
-        document, duplicates = _parse_yaml(text, source)
-    else:
-        raise ValueError(f"format must be 'json', 'yaml' or None, got {format!r}")
+    document, duplicates = decode_document(text, source, format, "a mapping with 'cohort_syncs'")
     return _parse(document, source, allow_insecure_endpoints, duplicates)
 
 

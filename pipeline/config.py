@@ -164,22 +164,26 @@ def loads_syncs(
 
     ``format`` is ``"json"``, ``"yaml"`` or ``None`` to sniff (``{`` first means JSON).
     """
+    document, duplicates = decode_document(text, source, format, "a mapping with a 'syncs' list")
+    return _parse(document, source, allow_insecure_endpoints, duplicates)
+
+
+def decode_document(text, source: str, format: Optional[str], expected: str):
+    """Text or bytes → ``(document, duplicate-key problems)``; shared by every config file."""
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise ConfigError(source, [f"{_ROOT}: not UTF-8 text (byte {e.start})"]) from None
     if not text.strip():
-        raise ConfigError(source, [f"{_ROOT}: the file is empty (expected a mapping with a 'syncs' list)"])
+        raise ConfigError(source, [f"{_ROOT}: the file is empty (expected {expected})"])
     if format is None:
         format = "json" if text.lstrip().startswith("{") else "yaml"
     if format == "json":
-        document, duplicates = _parse_json(text, source)
-    elif format == "yaml":
-        document, duplicates = _parse_yaml(text, source)
-    else:
-        raise ValueError(f"format must be 'json', 'yaml' or None, got {format!r}")
-    return _parse(document, source, allow_insecure_endpoints, duplicates)
+        return _parse_json(text, source)
+    if format == "yaml":
+        return _parse_yaml(text, source)
+    raise ValueError(f"format must be 'json', 'yaml' or None, got {format!r}")
 
 
 def parse_syncs(document, *, source: str = "<syncs>", allow_insecure_endpoints: bool = False) -> Tuple[Sync, ...]:
