@@ -41,8 +41,8 @@ DEMO_SYNCS = {
             "api_key": "env:KEY_1",
             "identifier": {"type": "user_alias", "source": "device_id", "alias_label": "amplitude_device"},
             "users": {"properties": ["plan"]},
-            # "query" is sometimes longer than Braze's 255 characters: those events come back
-            # in Braze's errors[] and show up as braze_rejected dead letters.
+            # "query" is sometimes longer than Braze's 255 characters: it is cut to 255 and
+            # counted (sanitize.truncated_string) rather than losing the event.
             "events": {"select": [{"event_type": "*"}], "properties": ["query"]},
         },
     ]

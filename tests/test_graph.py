@@ -107,15 +107,17 @@ def test_objects_braze_rejects_are_dead_lettered_with_brazes_reason_and_no_key(b
     syncs = parse_syncs({"syncs": [{
         "name": "ext", "endpoint": braze_sim.url, "api_key": "env:TEST_BRAZE_KEY",
         "events": {"select": [{"event_type": "*"}], "properties": ["note"]}}]}, allow_insecure_endpoints=True)
-    note = "x" * 300  # Braze refuses string property values over 255 characters
+    too_long = "u" * 990  # a valid Amplitude id, but Braze refuses external_ids over 987 bytes
     messages = [
-        orjson.dumps({"event_type": "Note", "user_id": "user-00003", "time": 1_700_000_000_001, "event_properties": {"note": note}}),
-        orjson.dumps({"event_type": "Note", "user_id": "user-00004", "time": 1_700_000_000_002, "event_properties": {"note": "ok"}}),
+        orjson.dumps({"event_type": "Note", "user_id": too_long, "time": 1_700_000_000_001,
+                      "event_properties": {"note": "ok"}}),
+        orjson.dumps({"event_type": "Note", "user_id": "user-00004", "time": 1_700_000_000_002,
+                      "event_properties": {"note": "x" * 300}}),  # fixed, not refused: cut to 255
     ]
     _run(syncs, messages, braze_sim.api_key)
     dead = COLLECTED["dead_letters"]
     assert [(d.stage, d.reason, d.sync) for d in dead] == [("braze", "braze_rejected", "ext")]
-    assert dead[0].payload["external_id"] == "user-00003"
+    assert dead[0].payload["external_id"] == too_long
     assert braze_sim.api_key.encode() not in b"".join(d.to_json() for d in dead)
     [delivered] = SimClient(braze_sim.url).users()
-    assert (delivered["external_id"], delivered["events"][0]["properties"]) == ("user-00004", {"note": "ok"})
+    assert (delivered["external_id"], delivered["events"][0]["properties"]) == ("user-00004", {"note": "x" * 255})

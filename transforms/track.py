@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+from apache_beam.metrics import Metrics
+
 from transforms.records import iso_from_ms
+from transforms.sanitize import clean_properties
 
 # Amplitude's identify calls travel as events but are not events a user did.
 NOT_TRACKED_EVENT_TYPES = frozenset({"$identify", "$groupidentify"})
@@ -20,7 +23,22 @@ def selected_properties(event: dict, properties: Tuple[str, ...]) -> dict:
     if not properties:
         return {}
     source = event["event_properties"]
-    return {name: source[name] for name in properties if source.get(name) is not None}
+    selected = {name: source[name] for name in properties if source.get(name) is not None}
+    cleaned, changes = clean_properties(selected)
+    for change in changes:
+        _sanitized(change).inc()
+    return cleaned
+
+
+_COUNTERS = {}
+
+
+def _sanitized(change: str):
+    """Counter ``sanitize.<change>``: what was fixed so Braze would take the object."""
+    counter = _COUNTERS.get(change)
+    if counter is None:
+        counter = _COUNTERS[change] = Metrics.counter("sanitize", change)
+    return counter
 
 
 def event_object(
