@@ -91,11 +91,12 @@ class _DropRepeatsDoFn(beam.DoFn):
         yield parsed
 
     @on_timer(EXPIRY)
-    def expire(self, seen_state=beam.DoFn.StateParam(SEEN), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def expire(self, fired_at=beam.DoFn.TimestampParam, seen_state=beam.DoFn.StateParam(SEEN),
+               expiry=beam.DoFn.TimerParam(EXPIRY)):
         seen = seen_state.read() or {}
         now = self._clock()
         live = {k: t for k, t in seen.items() if t > now}
-        if live:
+        if live and now >= fired_at.seconds() - 1:  # fired early: the input ended, nothing to keep
             seen_state.write(live)
             expiry.set(Timestamp.of(min(live.values())))
         else:
