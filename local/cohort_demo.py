@@ -4,7 +4,9 @@ Starts the simulator in this process, seeds some Braze users (and leaves some co
 unknown to Braze), writes a cohorts file with two targets (partner cohort import, and the
 array custom attribute), then for each target runs a first sync (the full cohort) and a second,
 incremental one from a changed snapshot, printing who was added, removed and skipped, what
-Braze holds afterwards, and where the reports are. Everything runs on the FnApiRunner; the
+Braze holds afterwards, and where the reports are. Both targets check users exist first
+(``verify_users``): unknown users are skipped (``unknown_to_braze``), and ghost-1, which Braze
+learns about between the partner target's two runs, is added by its second run. Everything runs on the FnApiRunner; the
 simulator stops at the end.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ KNOWN = ["u1", "u2", "u3", "u4", "u5"]  # in Braze before the sync
 FIRST = [  # amplitude_id, user_id (None: never identified → unresolved mapping)
     (101, "u1"), (102, "u2"), (103, "u3"), (104, "ghost-1"), (105, None),
 ]
-SECOND = [(102, "u2"), (103, "u3"), (106, "u4"), (107, "u5"), (108, "ghost-2")]
+SECOND = [(102, "u2"), (103, "u3"), (104, "ghost-1"), (106, "u4"), (107, "u5"), (108, "ghost-2")]
+LEARNED = "ghost-1"  # Braze learns about this user between the first target's two runs
 
 
 def _write_snapshot(directory: str, name: str, rows) -> str:
@@ -44,6 +47,7 @@ def _config(url: str) -> dict:
         "targets": [
             {"name": "US Production", "endpoint": url, "delivery": "partner", "partner": "amplitude",
              "api_key": "env:DEMO_BRAZE_DATA_IMPORT_KEY", "partner_api_key": "env:DEMO_BRAZE_PARTNER_KEY",
+             "lookup_api_key": "env:DEMO_BRAZE_REST_KEY",  # users.export.ids: check users exist first
              "user_mapping": {"type": "user_id"}},
             {"name": "No Partner Key", "endpoint": url, "delivery": "attribute", "api_key": "env:DEMO_BRAZE_REST_KEY",
              "attribute": "amplitude_cohorts", "user_mapping": {"type": "user_id"}},
@@ -93,19 +97,23 @@ def run_demo(state_dir: str, out=sys.stdout) -> int:
             say(f"== {sync.name}: cohort {COHORT_NAME!r} → target {sync.target!r} "
                 f"({config.target(sync.target).delivery} delivery)")
             for label, snapshot in (("run 1", first), ("run 2", second)):
+                if label == "run 2" and client.user(LEARNED) is None:
+                    client.seed_users({"external_id": LEARNED})
+                    say(f"  (Braze now knows {LEARNED}: skipped as unknown in run 1, so run 2 adds it)")
                 plan = plan_sync(config, sync.name, state_dir)
                 outcome = run_snapshot_sync(plan, snapshot, policy=policy, shards=2)
                 users = outcome.report["users"]
                 added = sorted(r["braze_id"] for r in users if r["operation"] == "add" and r["status"] == "sent")
                 removed = sorted(r["braze_id"] for r in users if r["operation"] == "remove" and r["status"] == "sent")
-                skipped = sorted(f"{r['amplitude_id']} ({r['skip_reason']})" for r in users if r["skipped"])
+                skipped = sorted(f"{r['braze_id'] or 'amplitude_id ' + r['amplitude_id']} ({r['skip_reason']})"
+                                 for r in users if r["skipped"])
                 c = outcome.report["counts"]
                 say(f"  {label} ({plan.mode}): {outcome.status}; added {added or '-'}, removed {removed or '-'}, "
                     f"skipped {skipped or '-'}, unchanged {c['unchanged']}")
                 say(f"    report: {outcome.json_path}")
                 say(f"    Braze now:\n      {_braze_view(client)}")
                 failures += outcome.status != "success"
-        created = [u["external_id"] for u in client.users() if u["external_id"] not in KNOWN]
+        created = [u["external_id"] for u in client.users() if u["external_id"] not in KNOWN + [LEARNED]]
         say()
         say(f"users Braze created from the cohort: {created or 'none'} (Braze never creates users from a cohort)")
     finally:

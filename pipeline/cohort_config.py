@@ -30,6 +30,14 @@ A target: ``endpoint``, ``api_key`` (a reference), ``delivery`` and ``user_mappi
   ``/users/track`` cannot address a user by device id, so ``device_id`` mapping needs
   ``partner`` delivery.
 
+``verify_users`` (default true): look users up through ``/users/export/ids`` before sending
+and report those Braze does not know as skipped, ``unknown_to_braze`` (``transforms.cohorts.lookup``).
+It needs a REST API key with ``users.export.ids``, ``lookup_api_key`` (a reference); attribute
+delivery falls back to ``api_key``. Partner keys cannot call it, so a partner target must give
+``lookup_api_key`` or say ``verify_users: false``: leaving both out is a config error, not a
+silent change of what "sent" means. With ``false`` every change is sent unchecked (the report
+says so), and a ``lookup_api_key`` next to it is refused as unused.
+
 ``user_mapping.type``: ``user_id`` (→ external_id), ``device_id`` (→ device id) or
 ``user_alias`` (``alias_label`` required; ``alias_source`` is the Amplitude field giving the
 alias name, default ``user_id``).
@@ -79,7 +87,7 @@ _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 
 _TOP_KEYS = ("$schema", "targets", "cohort_syncs", "notifications")
 _TARGET_KEYS = ("name", "endpoint", "api_key", "delivery", "partner_api_key", "partner", "attribute",
-                "attribute_value", "user_mapping")
+                "attribute_value", "user_mapping", "verify_users", "lookup_api_key")
 _LEGACY_KEYS = tuple(k for k in _TARGET_KEYS if k != "name")
 _MAPPING_KEYS = ("type", "alias_label", "alias_source")
 _SYNC_KEYS = ("name", "cohort_id", "cohort_name", "target", "cadence")
@@ -111,6 +119,8 @@ class Target:
     partner: str = DEFAULT_PARTNER
     attribute: str = DEFAULT_ATTRIBUTE
     attribute_value: str = "label"
+    verify_users: bool = True  # check users exist (/users/export/ids) before sending
+    lookup_api_key: Optional[str] = None  # reference; REST key with users.export.ids (partner: required to verify)
 
     def identity(self) -> dict:
         """What makes this target the same Braze account and key, whatever its name (no secrets:
@@ -326,11 +336,26 @@ class _CohortValidator(_Validator):
             for k in ("partner_api_key", "partner"):
                 if k in m:
                     self.add(_join(path, k), "only allowed with delivery: partner")
+        verify_users, lookup_api_key = self.user_check(m, path, delivery)
         if len(self.problems) != n:
             return None
         return Target(name=name, endpoint=endpoint, api_key=api_key, delivery=delivery, user_mapping=mapping,
                       partner_api_key=partner_api_key, partner=partner, attribute=attribute,
-                      attribute_value=attribute_value)
+                      attribute_value=attribute_value, verify_users=verify_users, lookup_api_key=lookup_api_key)
+
+    def user_check(self, m, path, delivery):
+        """``(verify_users, lookup_api_key)``; see the module docstring for the rules."""
+        verify = self.boolean(m, "verify_users", path, True)
+        key = self.reference(m, "lookup_api_key", path)
+        if "verify_users" in m and m["verify_users"] is False and "lookup_api_key" in m:
+            self.add(_join(path, "lookup_api_key"), "not used with verify_users: false (remove it, or remove "
+                                                    "verify_users: false to check that users exist)")
+        elif verify and delivery == "partner" and "lookup_api_key" not in m:
+            self.add(_join(path, "lookup_api_key"),
+                     "required with delivery: partner to check that users exist in Braze before sending (a "
+                     "reference to a REST API key with users.export.ids); or set verify_users: false to send "
+                     "without checking (users unknown to Braze are then reported as sent)")
+        return verify, key
 
     def user_mapping(self, m, path, delivery):
         if "user_mapping" not in m:

@@ -19,9 +19,13 @@ A snapshot run (``build_snapshot_pipeline``; bounded, FnApiRunner unless ``--run
     #1  ReadSnapshot → ResolveMembers      lines → (Braze id, amplitude_id); unresolved → skipped
     #2  ReadLastMembership                 the last successful membership (nothing on the first run)
     #3  DiffMembership                     entered → ADD, left → REMOVE, the rest unchanged
-    #4  DeliverChanges                     requests of ≤ 1,000 ids (partner) / ≤ 75 objects (attribute)
+    #4  DeliverChanges                     /users/export/ids check (verify_users; unknown → skipped,
+                                           not sent), then requests of ≤ 1,000 ids (partner) / ≤ 75
+                                           objects (attribute)
     #5a WriteResults                       one Result per change and skipped row (scratch file)
-    #5b WriteNewMembership                 unchanged + delivered adds + removes Braze refused (scratch file)
+    #5b WriteNewMembership                 unchanged + delivered adds + removes Braze refused (scratch
+                                           file); users unknown to Braze are left out, so their adds
+                                           are tried again next run
 
 then, in this process (``run_snapshot_sync``): partner mode names the cohort first (on the first
 sync and after a rename); after the pipeline, a run with any FAILED change, or that raised, is
@@ -52,7 +56,7 @@ from transforms.cohorts.delivery import CohortDeliverer, DeliverChanges, RetryPo
 from transforms.cohorts.diff import UNCHANGED_TAG, DiffMembership, ReadLastMembership, member_line
 from transforms.cohorts.notify import send_run_email
 from transforms.cohorts.realtime import FlushAndDeliver, FlushReporter, ParseCohortChanges
-from transforms.cohorts.records import ADD, DONE, FAILED, REMOVE, SKIPPED, Result
+from transforms.cohorts.records import ADD, DONE, FAILED, REMOVE, SKIPPED, UNKNOWN_TO_BRAZE, Result
 from transforms.cohorts.report import build_report, report_paths, write_report
 from transforms.cohorts.state import META_KEY, StateError, StateStore, new_run_id
 from transforms.secrets import resolve_api_key
@@ -171,8 +175,16 @@ def plan_sync(config: CohortConfig, sync_name: str, state_dir: str, *, report_di
 
 
 def _membership_after(result: Result):
-    """The Braze ids that are members after a successful run, from one delivery result."""
-    if (result.op == ADD and result.status == DONE) or (result.op == REMOVE and result.status == SKIPPED):
+    """The Braze ids that are members after a successful run, from one delivery result.
+
+    Delivered adds join; a remove Braze refused for that user stays. Users unknown to Braze
+    never join, whatever the operation: an add skipped as unknown is left out so the next run
+    sees it as entering again and adds it once Braze knows the user; a remove skipped as
+    unknown has nothing left to remove.
+    """
+    if result.op == ADD and result.status == DONE:
+        yield member_line(result.key, result.amplitude_ids)
+    elif result.op == REMOVE and result.status == SKIPPED and result.reason != UNKNOWN_TO_BRAZE:
         yield member_line(result.key, result.amplitude_ids)
 
 

@@ -35,11 +35,13 @@ def test_valid_file_with_named_targets():
     assert config.target("US Production") == Target(
         name="US Production", endpoint="https://rest.iad-01.braze.com", api_key="env:BRAZE_DATA_IMPORT_KEY",
         delivery="partner", user_mapping=UserMapping("user_id"),
-        partner_api_key="projects/my-project/secrets/braze-partner/versions/latest", partner="amplitude")
+        partner_api_key="projects/my-project/secrets/braze-partner/versions/latest", partner="amplitude",
+        verify_users=True, lookup_api_key="projects/my-project/secrets/braze-export/versions/latest")
     eu = config.target("EU Staging")
     assert (eu.delivery, eu.attribute, eu.attribute_value) == ("attribute", "amplitude_cohorts", "cohort_id")
     assert eu.user_mapping == UserMapping("user_alias", "amplitude_user", "email")
     assert eu.user_mapping.source == "email"
+    assert (eu.verify_users, eu.lookup_api_key) == (True, None)  # the check uses api_key
     assert config.sync("churn-risk-live") == CohortSync("churn-risk-live", "def456", "Churn risk", "US Production",
                                                         "real_time")
     assert config.email == EmailSettings(
@@ -54,6 +56,7 @@ def test_single_key_file_is_the_default_target():
     assert [t.name for t in config.targets] == [DEFAULT_TARGET]
     assert config.sync("power-users").target == DEFAULT_TARGET
     assert config.target("Default").partner_api_key == "env:BRAZE_PARTNER_KEY"
+    assert config.target("Default").verify_users is False
 
 
 def test_single_key_file_may_name_default_but_no_other_target():
@@ -71,15 +74,19 @@ def test_every_problem_is_reported_with_its_path_and_no_key_is_quoted():
     paths = [p.split(":")[0] for p in problems]
     assert paths == [
         "endpoint", "targets[0].endpoint", "targets[0].api_key", "targets[0].user_mapping.type",
-        "targets[0].partner", "targets[1].name", "targets[1].user_mapping.alias_label", "cohort_syncs[0].cohort_id",
-        "cohort_syncs[0].target", "cohort_syncs[0].cadence", "cohort_syncs[1].extra", "cohort_syncs[1].name",
+        "targets[0].partner", "targets[0].verify_users", "targets[1].name", "targets[1].user_mapping.alias_label",
+        "targets[1].lookup_api_key", "cohort_syncs[0].cohort_id", "cohort_syncs[0].target", "cohort_syncs[0].cadence",
+        "cohort_syncs[1].extra", "cohort_syncs[1].name",
     ]
     assert FAKE_KEY not in str(e.value)
     assert "device_id needs delivery: partner" in problems[3]
+    assert problems[8] == "targets[1].lookup_api_key: must be a reference (env:NAME or " \
+                          "projects/P/secrets/S/versions/V), not a key"
 
 
 def _target(**overrides):
-    t = {"name": "T", "endpoint": "https://rest.iad-01.braze.com", "api_key": "env:K", "partner_api_key": "env:P"}
+    t = {"name": "T", "endpoint": "https://rest.iad-01.braze.com", "api_key": "env:K", "partner_api_key": "env:P",
+         "lookup_api_key": "env:L"}
     t.update(overrides)
     return {k: v for k, v in t.items() if v is not None}
 
@@ -109,6 +116,41 @@ def test_target_rules(target, expected):
         assert _problems(_doc(target))[0].startswith("targets[0].endpoint: must use https")
     else:
         assert _problems(_doc(target)) == expected
+
+
+NO_LOOKUP_KEY = ("targets[0].lookup_api_key: required with delivery: partner to check that users exist in Braze "
+                 "before sending (a reference to a REST API key with users.export.ids); or set verify_users: false "
+                 "to send without checking (users unknown to Braze are then reported as sent)")
+
+
+@pytest.mark.parametrize("target, expected", [
+    (_target(lookup_api_key=None), [NO_LOOKUP_KEY]),
+    (_target(lookup_api_key=None, verify_users=False), (False, None)),
+    (_target(), (True, "env:L")),
+    (_target(verify_users=False), ["targets[0].lookup_api_key: not used with verify_users: false (remove it, or "
+                                   "remove verify_users: false to check that users exist)"]),
+    (_target(verify_users="yes"), ["targets[0].verify_users: must be true or false, got string"]),
+    (_target(lookup_api_key=FAKE_KEY), ["targets[0].lookup_api_key: must be a reference (env:NAME or "
+                                        "projects/P/secrets/S/versions/V), not a key"]),
+    (_target(delivery="attribute", partner_api_key=None, lookup_api_key=None), (True, None)),  # api_key is used
+    (_target(delivery="attribute", partner_api_key=None), (True, "env:L")),
+])
+def test_user_check_settings(target, expected, validator):
+    if isinstance(expected, tuple):
+        t = parse_cohorts(_doc(target)).targets[0]
+        assert (t.verify_users, t.lookup_api_key) == expected
+        assert list(validator.iter_errors(_doc(target))) == []
+    else:
+        problems = _problems(_doc(target))
+        assert problems == expected and FAKE_KEY not in "\n".join(problems)
+        assert list(validator.iter_errors(_doc(target)))
+
+
+def test_single_key_form_needs_the_lookup_key_too():
+    doc = {"endpoint": "https://rest.iad-01.braze.com", "api_key": "env:K", "partner_api_key": "env:P",
+           "cohort_syncs": [{"name": "s", "cohort_id": "c1", "cohort_name": "C", "cadence": "daily"}]}
+    assert _problems(doc) == [NO_LOOKUP_KEY.replace("targets[0].", "")]
+    assert parse_cohorts({**doc, "lookup_api_key": "env:L"}).target("Default").lookup_api_key == "env:L"
 
 
 def test_same_account_twice_and_same_cohort_twice_to_one_target_are_refused():

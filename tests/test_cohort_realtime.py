@@ -62,7 +62,8 @@ def test_changes_are_flushed_every_minute_through_the_same_delivery(braze_sim, t
     client = braze_sim.client()
     client.seed_users(*({"external_id": u} for u in ("u1", "u2", "u3", "u4")))
     if delivery == "partner":
-        target = Target("US", braze_sim.url, "env:RT_DATA_IMPORT_KEY", partner_api_key="env:RT_PARTNER_KEY")
+        target = Target("US", braze_sim.url, "env:RT_DATA_IMPORT_KEY", partner_api_key="env:RT_PARTNER_KEY",
+                        lookup_api_key="env:RT_REST_KEY")
         # The job names the cohort before the stream starts (pipeline.cohorts.name_cohort_first).
         from transforms.cohorts.delivery import CohortDeliverer
         with CohortDeliverer(target, SYNC, FAST) as d:
@@ -87,7 +88,9 @@ def test_changes_are_flushed_every_minute_through_the_same_delivery(braze_sim, t
                                               on_flush=reporter)
 
     users = {u["external_id"]: u for u in client.users()}
-    assert set(users) == {"u1", "u2", "u3", "u4"}  # ghost was not created
+    assert set(users) == {"u1", "u2", "u3", "u4"}  # ghost was not created...
+    lookups = [r["body"]["external_ids"] for r in client.requests() if r["path"] == "/users/export/ids"]
+    assert "ghost" in lookups[0]  # ...but looked up, found unknown, and not sent
     if delivery == "partner":
         members = sorted(k for k, u in users.items() if COHORT in u["cohorts"])
         sent = [c for r in client.requests() if r["path"].endswith("/cohorts/users") for c in r["body"]["cohort_changes"]]
@@ -101,15 +104,19 @@ def test_changes_are_flushed_every_minute_through_the_same_delivery(braze_sim, t
     assert members == ["u2", "u3"]
     # Two flushes, in order: the first minute's adds, then the second minute's last changes
     # (u4 entered and left within the minute: only the leave is sent).
-    assert sorted(flat[:3]) == [("ghost", False), ("u1", False), ("u2", False)]
-    assert sorted(flat[3:]) == [("u1", True), ("u3", False), ("u4", True)]
+    assert sorted(flat[:2]) == [("u1", False), ("u2", False)]
+    assert sorted(flat[2:]) == [("u1", True), ("u3", False), ("u4", True)]
 
     reports = sorted(os.listdir(tmp_path / "reports" / COHORT / "US"))
     assert len(reports) == 4  # two flushes, .json and .csv each
     flushed = [orjson.loads(open(tmp_path / "reports" / COHORT / "US" / r, "rb").read())
                for r in reports if r.endswith(".json")]
     assert {f["mode"] for f in flushed} == {"real_time"} and {f["status"] for f in flushed} == {"success"}
-    assert sorted((f["counts"]["added"], f["counts"]["removed"]) for f in flushed) == [(1, 2), (3, 0)]
+    assert sorted((f["counts"]["added"], f["counts"]["removed"], f["counts"]["skipped"]) for f in flushed) == [
+        (1, 2, 0), (2, 0, 1)]
+    [ghost] = [u for f in flushed for u in f["users"] if u["skipped"]]
+    assert (ghost["braze_id"], ghost["skip_reason"]) == ("ghost", "unknown_to_braze")
+    assert all("Real time keeps no membership" in f["notes"][0] for f in flushed)
 
 
 class _ClearFaultsAfterFailure:
@@ -129,11 +136,13 @@ class _ClearFaultsAfterFailure:
 
 @pytest.mark.integration
 def test_changes_of_a_failed_flush_are_sent_at_the_next_one(braze_sim, monkeypatch):
+    monkeypatch.setenv("RT_REST_KEY", braze_sim.api_key)
     monkeypatch.setenv("RT_PARTNER_KEY", braze_sim.partner_api_keys[0])
     monkeypatch.setenv("RT_DATA_IMPORT_KEY", braze_sim.client_secrets[0])
     client = braze_sim.client()
     client.seed_users(*({"external_id": u} for u in ("u1", "u2")))
-    target = Target("US", braze_sim.url, "env:RT_DATA_IMPORT_KEY", partner_api_key="env:RT_PARTNER_KEY")
+    target = Target("US", braze_sim.url, "env:RT_DATA_IMPORT_KEY", partner_api_key="env:RT_PARTNER_KEY",
+                    lookup_api_key="env:RT_REST_KEY")
     from transforms.cohorts.delivery import CohortDeliverer
     with CohortDeliverer(target, SYNC, FAST) as d:
         assert d.name_cohort() is None

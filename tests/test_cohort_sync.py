@@ -1,6 +1,7 @@
 """The cohort-sync job against the Braze simulator: full then incremental, both delivery modes,
 failure then resend, the Default target, unknown and unresolved users, saved target names,
-requests of at most 1,000 ids, the report and the email (a real SMTP server, aiosmtpd)."""
+requests of at most 1,000 ids, the report and the email (a real SMTP server, aiosmtpd).
+The existence check itself (/users/export/ids) has its own tests in test_cohort_lookup.py."""
 import csv
 import os
 import shutil
@@ -38,6 +39,8 @@ def _target(sim, name="US", delivery="partner", mapping=None, **extra):
     t = {"name": name, "endpoint": sim.url, "delivery": delivery, "user_mapping": mapping or {"type": "user_id"}}
     if delivery == "partner":
         t.update(api_key="env:TEST_DATA_IMPORT_KEY", partner_api_key="env:TEST_PARTNER_KEY")
+        if extra.get("verify_users", True):
+            t.update(lookup_api_key="env:TEST_REST_KEY")  # REST key with users.export.ids
     else:
         t.update(api_key="env:TEST_REST_KEY")
     t.update(extra)
@@ -79,6 +82,10 @@ def _cohort_requests(sim, since=0):
     return [r for r in sim.client().requests(since) if r["path"].startswith("/partners/")]
 
 
+def _lookups(sim, since=0):
+    return [r for r in sim.client().requests(since) if r["path"] == "/users/export/ids"]
+
+
 def _sent(outcome, op):
     return sorted(r["braze_id"] for r in outcome.report["users"] if r["operation"] == op and r["status"] == "sent")
 
@@ -94,19 +101,22 @@ def test_partner_first_sync_is_full_then_only_changes(sim, tmp_path):
 
     plan, outcome = _run(config, "sync-0", state, first)
     assert (plan.mode, outcome.status) == ("full", "success")
-    assert _members(sim) == ["u1", "u2", "u3"]  # ghost is unknown to Braze: not added...
-    assert all(u["external_id"] != "ghost" for u in sim.client().users())  # ...and not created
+    assert _members(sim) == ["u1", "u2", "u3"]
+    assert all(u["external_id"] != "ghost" for u in sim.client().users())  # not created
     requests = _cohort_requests(sim)
     assert requests[0]["path"] == "/partners/amplitude/cohorts"  # the name call comes first
     assert requests[0]["body"]["name"] == "Power users" and requests[0]["body"]["client_secret"] == "[redacted]"
     adds = [r["body"]["cohort_changes"] for r in requests[1:]]
-    assert sorted(i for changes in adds for c in changes for i in c["user_ids"]) == ["ghost", "u1", "u2", "u3"]
+    # ghost is unknown to Braze: looked up, then neither sent nor billed.
+    assert sorted(i for changes in adds for c in changes for i in c["user_ids"]) == ["u1", "u2", "u3"]
     assert all("should_remove" not in c for changes in adds for c in changes)
-    assert outcome.report["counts"] == {"added": 4, "removed": 0, "skipped": 1, "failed": 0, "unchanged": 0}
+    assert sorted(i for r in _lookups(sim) for i in r["body"]["external_ids"]) == ["ghost", "u1", "u2", "u3"]
+    assert outcome.report["counts"] == {"added": 3, "removed": 0, "skipped": 2, "failed": 0, "unchanged": 0}
     skipped = [r for r in outcome.report["users"] if r["skipped"]]
-    assert skipped == [{"amplitude_id": "105", "operation": "add", "braze_id_type": "external_id", "braze_id": "",
-                        "status": "skipped", "skipped": True, "skip_reason": "unresolved_mapping",
-                        "detail": "no value for 'user_id'"}]
+    assert [(r["amplitude_id"], r["braze_id"], r["status"], r["skip_reason"]) for r in skipped] == [
+        ("105", "", "skipped", "unresolved_mapping"), ("104", "ghost", "skipped", "unknown_to_braze")]
+    assert skipped[0]["detail"] == "no value for 'user_id'"
+    assert sorted(StateStore(str(state)).read_membership(COHORT, "US")) == ["u1", "u2", "u3"]  # ghost not saved
 
     since = sim.client().requests_page()["next"]
     plan, outcome = _run(config, "sync-0", state, second)
@@ -116,9 +126,9 @@ def test_partner_first_sync_is_full_then_only_changes(sim, tmp_path):
     assert all(r["path"] == "/partners/amplitude/cohorts/users" for r in requests)  # same name: no name call
     changes = [c for r in requests for c in r["body"]["cohort_changes"]]
     assert sorted(i for c in changes if not c.get("should_remove") for i in c["user_ids"]) == ["u4", "u5"]
-    assert sorted(i for c in changes if c.get("should_remove") for i in c["user_ids"]) == ["ghost", "u1"]
+    assert sorted(i for c in changes if c.get("should_remove") for i in c["user_ids"]) == ["u1"]
     assert all(len(r["body"]["cohort_changes"]) == 1 for r in requests)  # adds and removes never share a request
-    assert (_sent(outcome, "add"), _sent(outcome, "remove")) == (["u4", "u5"], ["ghost", "u1"])
+    assert (_sent(outcome, "add"), _sent(outcome, "remove")) == (["u4", "u5"], ["u1"])
     assert outcome.report["counts"]["unchanged"] == 2
     assert sorted(StateStore(str(state)).read_membership(COHORT, "US")) == ["u2", "u3", "u4", "u5"]
 
@@ -126,10 +136,10 @@ def test_partner_first_sync_is_full_then_only_changes(sim, tmp_path):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS
     assert {(r["amplitude_id"], r["operation"], r["status"]) for r in rows} == {
-        ("106", "add", "sent"), ("107", "add", "sent"), ("101", "remove", "sent"), ("104", "remove", "sent")}
+        ("106", "add", "sent"), ("107", "add", "sent"), ("101", "remove", "sent")}
     report = orjson.loads(open(outcome.json_path, "rb").read())
     assert report["status"] == "success" and report["mode"] == "incremental" and report["run_id"] == plan.run_id
-    assert any("never creates users" in n for n in report["notes"])
+    assert any("never creates users" in n and "unknown_to_braze" in n for n in report["notes"])
 
 
 def test_attribute_mode_full_then_incremental(sim, tmp_path):
@@ -141,6 +151,8 @@ def test_attribute_mode_full_then_incremental(sim, tmp_path):
     assert all(u["external_id"] != "ghost" for u in sim.client().users())
     track = [r for r in sim.client().requests() if r["path"] == "/users/track"]
     objects = [o for r in track for o in r["body"]["attributes"]]
+    assert sorted(o["external_id"] for o in objects) == ["u1", "u2", "u3"]  # ghost: skipped, not sent
+    assert [r["skip_reason"] for r in outcome.report["users"] if r["braze_id"] == "ghost"] == ["unknown_to_braze"]
     assert all(o["_update_existing_only"] is True for o in objects)
     assert {o["external_id"]: o["amplitude_cohorts"] for o in objects}["u1"] == {
         "add": ["[Amplitude] Power users: c_power"]}
@@ -149,9 +161,9 @@ def test_attribute_mode_full_then_incremental(sim, tmp_path):
     plan, outcome = _run(config, "sync-0", state, _snapshot(tmp_path, "2.csv", SECOND))
     assert (plan.mode, outcome.status) == ("incremental", "success")
     assert _attribute_members(sim) == ["u2", "u3", "u4", "u5"]
-    objects = [o for r in sim.client().requests(since) for o in r["body"]["attributes"]]
+    objects = [o for r in sim.client().requests(since) if r["path"] == "/users/track" for o in r["body"]["attributes"]]
     assert sorted((o["external_id"], next(iter(o["amplitude_cohorts"]))) for o in objects) == [
-        ("ghost", "remove"), ("u1", "remove"), ("u4", "add"), ("u5", "add")]
+        ("u1", "remove"), ("u4", "add"), ("u5", "add")]
 
 
 def test_a_failed_run_keeps_the_last_membership_and_is_resent(sim, tmp_path):
@@ -165,8 +177,9 @@ def test_a_failed_run_keeps_the_last_membership_and_is_resent(sim, tmp_path):
     second = _snapshot(tmp_path, "2.csv", SECOND)
     plan, outcome = _run(config, "sync-0", state, second)
     assert outcome.status == "failed"
-    assert outcome.report["counts"]["failed"] == 4
-    assert any("retries_exhausted" in e for e in outcome.report["errors"])
+    assert outcome.report["counts"]["failed"] == 3  # u4, u5 in, u1 out: their lookup already failed
+    assert any("lookup_failed" in e for e in outcome.report["errors"])
+    assert all("retries_exhausted" in r["detail"] for r in outcome.report["users"] if r["status"] == "failed")
     assert store.read_meta(COHORT, "US") == before  # not replaced
     assert _members(sim) == ["u1", "u2", "u3"]
     assert orjson.loads(open(outcome.json_path, "rb").read())["status"] == "failed"
@@ -174,7 +187,7 @@ def test_a_failed_run_keeps_the_last_membership_and_is_resent(sim, tmp_path):
     sim.client().clear_faults()
     plan, outcome = _run(config, "sync-0", state, second)
     assert (plan.mode, outcome.status) == ("incremental", "success")
-    assert (_sent(outcome, "add"), _sent(outcome, "remove")) == (["u4", "u5"], ["ghost", "u1"])  # all of it again
+    assert (_sent(outcome, "add"), _sent(outcome, "remove")) == (["u4", "u5"], ["u1"])  # all of it again
     assert _members(sim) == ["u2", "u3", "u4", "u5"]
 
 
@@ -238,6 +251,9 @@ def test_partner_requests_carry_at_most_1000_ids(sim, tmp_path):
     sizes = [len(r["body"]["cohort_changes"][0]["user_ids"]) for r in _cohort_requests(sim)[1:]]
     assert max(sizes) <= 1000 and sum(sizes) == 2300
     assert len(_members(sim)) == 2300
+    lookups = [len(r["body"]["external_ids"]) for r in _lookups(sim)]
+    assert max(lookups) <= 50 and sum(lookups) == 2300
+    assert len(lookups) == sum(-(-size // 50) for size in sizes)  # 1 lookup per 50 ids of each request
 
 
 def test_alias_and_device_id_mappings(sim, tmp_path):
@@ -326,12 +342,12 @@ def test_email_on_success_and_on_failure(sim, tmp_path, smtp_server):
     assert len(inbox.messages) == 2
     ok, bad = inbox.messages
     assert ok["Subject"].startswith("[amplitude-braze] Cohort sync sync-0 succeeded: Power users (c_power)")
-    assert "+4 -0 skipped 1 failed 0" in ok["Subject"]
+    assert "+3 -0 skipped 2 failed 0" in ok["Subject"]
     assert ok["To"] == "growth@example.com, data@example.com"
-    assert "FAILED" in bad["Subject"] and "failed 4" in bad["Subject"]
+    assert "FAILED" in bad["Subject"] and "failed 3" in bad["Subject"]
     body = bad.get_payload(decode=True).decode()
-    assert "retries_exhausted" in body and failed.json_path in body
-    assert sim.partner_api_keys[0] not in body and sim.client_secrets[0] not in body
+    assert "lookup_failed" in body and failed.json_path in body
+    assert sim.partner_api_keys[0] not in body and sim.client_secrets[0] not in body and sim.api_key not in body
 
 
 def test_an_email_that_cannot_be_sent_does_not_fail_the_sync(sim, tmp_path):

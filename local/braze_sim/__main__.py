@@ -23,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="combined: 75 objects per request; per-type: 75 per array")
     parser.add_argument("--rate-limit", type=int, default=3000)
     parser.add_argument("--rate-window-seconds", type=float, default=3.0)
+    parser.add_argument("--export-rate-limit", type=int, default=250, help="/users/export/ids requests per window")
+    parser.add_argument("--export-rate-window-seconds", type=float, default=60.0)
     return parser.parse_args(argv)
 
 
@@ -30,7 +32,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sim = BrazeSimulator(api_keys=args.api_keys, object_limit_mode=args.object_limit_mode,
                          rate_limit=args.rate_limit, rate_window_seconds=args.rate_window_seconds,
-                         partner_api_keys=args.partner_api_keys, client_secrets=args.client_secrets)
+                         partner_api_keys=args.partner_api_keys, client_secrets=args.client_secrets,
+                         export_rate_limit=args.export_rate_limit,
+                         export_rate_window_seconds=args.export_rate_window_seconds)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,4 +1,4 @@
-"""Pure body checks for the alias, identify and partner cohort endpoints.
+"""Pure body checks for the alias, identify, export-by-id and partner cohort endpoints.
 
 Each returns a message for a 400 answer, or None. Braze does not document per-item errors for
 these endpoints, so one malformed item fails the whole request: the strict reading.
@@ -11,6 +11,19 @@ from local.braze_sim.rules import check_alias, parse_time
 
 MAX_ALIASES_PER_REQUEST = 50
 MAX_COHORT_IDS_PER_REQUEST = 1000
+MAX_EXPORT_IDS_PER_REQUEST = 50  # external_ids, and user_aliases, per /users/export/ids request
+# Braze's documented fields_to_export names; the simulator fills the ones it models (see
+# endpoints.export_ids) and leaves the others out of each user.
+EXPORT_FIELDS = frozenset((
+    "apps", "attributed_ad", "attributed_adgroup", "attributed_campaign", "attributed_source", "braze_id",
+    "campaigns_received", "canvases_received", "cards_clicked", "country", "created_at", "custom_attributes",
+    "custom_events", "devices", "dob", "email", "email_subscribe", "external_id", "first_name", "gender",
+    "home_city", "language", "last_coordinates", "last_name", "phone", "purchases", "push_subscribe",
+    "push_tokens", "random_bucket", "time_zone", "total_revenue", "uninstalled_at", "user_aliases",
+))
+_EXPORT_KEYS = frozenset(("external_ids", "user_aliases", "device_id", "braze_id", "email_address", "phone",
+                          "fields_to_export"))
+_EXPORT_SINGLE = ("device_id", "braze_id", "email_address", "phone")
 _CHANGE_KEYS = frozenset(("user_ids", "device_ids", "aliases", "should_remove"))
 
 
@@ -96,4 +109,41 @@ def _check_change(change: Any) -> Optional[str]:
             return "'aliases' must be an array of {alias_name, alias_label}"
     if not isinstance(change.get("should_remove", False), bool):
         return "'should_remove' must be a boolean"
+    return None
+
+
+def check_export_ids(body: Any) -> Optional[str]:
+    """Body of POST /users/export/ids. ``fields_to_export`` is required, as for accounts
+    onboarded on or after 2024-08-22 (the accounts the job targets); ≤ 50 external_ids and
+    ≤ 50 user_aliases; device_id, braze_id, email_address and phone are one string each."""
+    if not isinstance(body, dict):
+        return "body must be an object"
+    unknown = sorted(k for k in body if k not in _EXPORT_KEYS)
+    if unknown:
+        return f"unknown field(s): {', '.join(unknown)}"
+    fields = body.get("fields_to_export")
+    if fields is None:
+        return "'fields_to_export' is required: list the fields to export"
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        return "'fields_to_export' must be a non-empty array of strings"
+    bad = sorted(set(fields) - EXPORT_FIELDS)
+    if bad:
+        return f"'fields_to_export' has unknown field(s): {', '.join(bad)}"
+    if not any(k in body for k in ("external_ids", "user_aliases") + _EXPORT_SINGLE):
+        return "provide 'external_ids', 'user_aliases', 'device_id', 'braze_id', 'email_address' or 'phone'"
+    if "external_ids" in body:
+        ids = body["external_ids"]
+        if not isinstance(ids, list) or not all(_nonempty_str(i) for i in ids):
+            return "'external_ids' must be an array of strings"
+        if len(ids) > MAX_EXPORT_IDS_PER_REQUEST:
+            return f"at most {MAX_EXPORT_IDS_PER_REQUEST} 'external_ids' per request"
+    if "user_aliases" in body:
+        aliases = body["user_aliases"]
+        if not isinstance(aliases, list) or any(check_alias(a) for a in aliases):
+            return "'user_aliases' must be an array of {alias_name, alias_label}"
+        if len(aliases) > MAX_EXPORT_IDS_PER_REQUEST:
+            return f"at most {MAX_EXPORT_IDS_PER_REQUEST} 'user_aliases' per request"
+    for key in _EXPORT_SINGLE:
+        if key in body and not _nonempty_str(body[key]):
+            return f"'{key}' must be one string (one {key} per request)"
     return None

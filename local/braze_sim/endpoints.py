@@ -77,6 +77,45 @@ def identify(store: Store, body: Any) -> Tuple[int, dict]:
     return 201, {"aliases_processed": len(body["aliases_to_identify"]), "message": "success"}
 
 
+def export_ids(store: Store, body: Any) -> Tuple[int, dict]:
+    """POST /users/export/ids: the profiles the identifiers name, with the requested fields the
+    simulator models (braze_id, external_id, user_aliases, devices, email, phone,
+    custom_attributes); fields a profile lacks are left out. ``invalid_user_ids`` lists the
+    external_ids and braze_id that matched nobody (present only when some did not)."""
+    error = endpoint_rules.check_export_ids(body)
+    if error:
+        return 400, {"message": error}
+    fields = set(body["fields_to_export"])
+    with store.lock:
+        users, invalid = store.export(body)
+        exported = [_exported(user, fields) for user in users]
+    payload = {"users": exported, "message": "success"}
+    if invalid:
+        payload["invalid_user_ids"] = invalid
+    return 201, payload
+
+
+def _exported(user, fields: set) -> dict:
+    attributes = user.attributes
+    out = {}
+    if "braze_id" in fields:
+        out["braze_id"] = user.braze_id
+    if "external_id" in fields and user.external_id is not None:
+        out["external_id"] = user.external_id
+    if "user_aliases" in fields and user.aliases:
+        out["user_aliases"] = [{"alias_name": n, "alias_label": l} for l, n in user.aliases.items()]
+    if "devices" in fields and user.device_ids:
+        out["devices"] = [{"device_id": d} for d in user.device_ids]
+    for name in ("email", "phone"):
+        if name in fields and attributes.get(name) is not None:
+            out[name] = attributes[name]
+    if "custom_attributes" in fields:
+        custom = {k: v for k, v in attributes.items() if k not in ("email", "phone")}
+        if custom:
+            out["custom_attributes"] = custom
+    return out
+
+
 def partner_auth(body: Any, partner_keys, client_secrets) -> Tuple[int, dict] | None:
     """401 for a bad partner key or client secret; never echoes either."""
     if not isinstance(body, dict):

@@ -28,7 +28,8 @@ from local.braze_sim.state import Store
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _DRAIN_LIMIT_BYTES = 64 * 1024 * 1024  # larger bodies are refused unread, and the connection closed
 _PARTNER_PATH = re.compile(r"/partners/([^/]+)/cohorts(/users)?")
-_USER_ENDPOINTS = {"/users/track": "track", "/users/alias/new": "alias", "/users/identify": "identify"}
+_USER_ENDPOINTS = {"/users/track": "track", "/users/alias/new": "alias", "/users/identify": "identify",
+                   "/users/export/ids": "export"}
 PARSE_ERROR = "Error while parsing request body. Please check your syntax."
 LIMIT_MODES = ("combined", "per-type")
 
@@ -37,14 +38,17 @@ class BrazeSimulator:
     """A strict Braze REST simulator on 127.0.0.1, run in a background thread.
 
     ``rate_limit`` requests per ``rate_window_seconds`` apply to /users/track per API key;
-    the alias and identify endpoints share Braze's 20,000 per minute. Keys, partner keys and
-    client secrets default to one generated value each.
+    the alias and identify endpoints share Braze's 20,000 per minute; /users/export/ids has
+    ``export_rate_limit`` per ``export_rate_window_seconds`` (Braze: 250 a minute for accounts
+    onboarded on or after 2024-08-22). Keys, partner keys and client secrets default to one
+    generated value each.
     """
 
     def __init__(self, api_keys: Optional[Iterable[str]] = None, object_limit_mode: str = "combined",
                  rate_limit: int = 3000, rate_window_seconds: float = 3.0,
                  partner_api_keys: Optional[Iterable[str]] = None,
                  client_secrets: Optional[Iterable[str]] = None,
+                 export_rate_limit: int = 250, export_rate_window_seconds: float = 60.0,
                  max_log_entries: int = 200_000, max_log_body_bytes: int = 256 * 1024 * 1024):
         if object_limit_mode not in LIMIT_MODES:
             raise ValueError(f"object_limit_mode must be one of {LIMIT_MODES}, got {object_limit_mode!r}")
@@ -59,6 +63,7 @@ class BrazeSimulator:
         self.faults = Faults()
         self.track_limiter = RateLimiter(rate_limit, rate_window_seconds)
         self.alias_limiter = RateLimiter(20_000, 60.0)
+        self.export_limiter = RateLimiter(export_rate_limit, export_rate_window_seconds)
         self._key_set = frozenset(self.api_keys)
         self._stopping = threading.Event()
         self._server: Optional[_Server] = None
@@ -114,6 +119,13 @@ class BrazeSimulator:
         self.faults.clear()
         self.track_limiter.reset()
         self.alias_limiter.reset()
+        self.export_limiter.reset()
+
+    def limiter(self, endpoint: Optional[str]) -> RateLimiter:
+        """The rate limiter of a /users/... endpoint ("track", "export", or the alias group)."""
+        if endpoint == "track":
+            return self.track_limiter
+        return self.export_limiter if endpoint == "export" else self.alias_limiter
 
     def record(self, path, status, received_at, objects=None, body=None, fault=None) -> None:
         with self.store.lock:
@@ -237,8 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         received_at = time.time()
         endpoint = _USER_ENDPOINTS.get(path)
         partner = _PARTNER_PATH.fullmatch(path)
-        limiter = sim.track_limiter if endpoint == "track" else sim.alias_limiter
-        headers = limiter.peek(received_at) if partner is None else {}
+        headers = sim.limiter(endpoint).peek(received_at) if partner is None else {}
         if endpoint is None and partner is None:
             sim.record(path, 404, received_at)
             self._send(404, {"message": "Not Found"}, headers)
@@ -292,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up waiting (hang)
 
     def _users(self, sim: BrazeSimulator, endpoint: str, raw: bytes, received_at: float):
-        limiter = sim.track_limiter if endpoint == "track" else sim.alias_limiter
+        limiter = sim.limiter(endpoint)
         auth = self.headers.get("Authorization") or ""
         key = auth[7:] if auth.startswith("Bearer ") else None
         if key not in sim._key_set:
@@ -309,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = endpoints.users_track(sim.store, body, sim.object_limit_mode, received_at)
         elif endpoint == "alias":
             status, payload = endpoints.alias_new(sim.store, body)
+        elif endpoint == "export":
+            status, payload = endpoints.export_ids(sim.store, body)
         else:
             status, payload = endpoints.identify(sim.store, body)
         return status, payload, headers, objects, raw

@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import threading
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from local.braze_sim.rules import parse_time
 from local.braze_sim.users import User, attribute_data_points, commit_attributes, plan_attributes
@@ -202,6 +202,32 @@ class Store:
                 known.device_ids.append(device_id)
                 self.by_device_id[device_id].append(known)
         self._touch(known)
+
+    # -- /users/export/ids ------------------------------------------------------------------
+
+    def export(self, body: dict) -> Tuple[List[User], List[str]]:
+        """(the profiles a checked export body names, each once, in request order; the
+        external_ids and braze_id that named nobody)."""
+        found, invalid = [], []
+        for external_id in body.get("external_ids", ()):
+            user = self.by_external_id.get(external_id)
+            if user is None:
+                invalid.append(external_id)
+            found.append(user)
+        for alias in body.get("user_aliases", ()):
+            found.append(self.by_alias.get((alias["alias_label"], alias["alias_name"])))
+        if "device_id" in body:
+            found.extend(self.by_device_id.get(body["device_id"], ()))
+        if "braze_id" in body:
+            user = self.users.get(body["braze_id"])
+            if user is None:
+                invalid.append(body["braze_id"])
+            found.append(user)
+        for field, key in (("email", "email_address"), ("phone", "phone")):
+            if key in body:
+                found.extend(u for u in self.users.values() if u.attributes.get(field) == body[key])
+        unique = list({id(u): u for u in found if u is not None}.values())
+        return unique, invalid
 
     # -- partner cohorts -----------------------------------------------------------------------
 

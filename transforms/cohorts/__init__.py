@@ -6,6 +6,8 @@
 * ``state``: the last successful membership per (cohort, target), written only after a run
   succeeded, and the registry of saved target names.
 * ``diff``: new membership against the last successful one → who entered, who left.
+* ``lookup``: the check that users exist in Braze (``/users/export/ids``) before delivery;
+  unknown users are skipped as ``unknown_to_braze``.
 * ``delivery``: the two delivery modes (partner cohort import, array custom attribute), the
   retry policy of the streaming sink, and the Beam transform that sends the changes.
 * ``realtime``: Pub/Sub enter/leave messages, flushed at least every minute.

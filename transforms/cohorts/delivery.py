@@ -15,12 +15,12 @@ Modes (``Target.delivery``; braze-api.md §5 and §1):
   ``_update_existing_only: true`` so no user is ever created. Braze's ``errors[]`` for one
   object makes that user ``skipped: rejected_by_braze``; the rest of the request counts.
 
-Unknown users: Braze applies cohort changes and update-only attributes to existing users
-only, and neither answer says which ids matched (the partner endpoint answers ``{}``,
-``/users/track`` counts processed objects, not matched ones). The job therefore cannot report
-"unknown to Braze" per user; it reports what it sent, and the report says so. What it does
-know it reports: ``unresolved_mapping`` (no value for the mapped property) and
-``rejected_by_braze``.
+Unknown users: both modes change existing users only, and neither answer says which ids
+matched. So when the target verifies users (``verify_users``, the default), ``deliver()``
+first looks the batch up through ``/users/export/ids`` (``transforms.cohorts.lookup``): users
+Braze does not know are ``skipped: unknown_to_braze`` and not sent, and a failed lookup makes
+its changes FAILED. With ``verify_users: false`` every change is sent and reported as sent.
+Other skips: ``unresolved_mapping`` (no value for the mapped property), ``rejected_by_braze``.
 
 Retries follow the streaming sink (``transforms.sink``), built from the same pure rules in
 ``transforms.braze_client``: 408/429/5xx/timeouts/connection errors are retried with
@@ -51,6 +51,7 @@ from pipeline.cohort_config import CohortSync, Target, UserMapping
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient, Response, TransportError, backoff_seconds, classify, \
     retry_wait_seconds
+from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference
 from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
 from transforms.secrets import SecretError, resolve_api_key
 
@@ -232,6 +233,7 @@ class CohortDeliverer:
         self.target = target
         self.sync = sync
         self.policy = policy.check()
+        self._lookup_ref = lookup_key_reference(target)  # None: send unchecked; ValueError: no key
         self._resolve_key = resolve_key
         self._sleep = sleep
         self._clock = clock
@@ -258,6 +260,10 @@ class CohortDeliverer:
                 self._keys = (self._resolve_key(self.target.partner_api_key), self._resolve_key(self.target.api_key))
             else:
                 self._keys = (self._resolve_key(self.target.api_key),)
+            lookup_key = None
+            if self._lookup_ref is not None:
+                lookup_key = self._keys[0] if self._lookup_ref == self.target.api_key and \
+                    self.target.delivery == "attribute" else self._resolve_key(self._lookup_ref)
         except SecretError as e:
             self._key_error = str(e)
             _LOG.error("target %s: cannot read a key: %s", self.target.name, e)
@@ -270,6 +276,8 @@ class CohortDeliverer:
                                                    self.policy.timeout_seconds)
         else:
             self._clients["track"] = BrazeClient(t.endpoint, self._keys[0], self.policy.timeout_seconds)
+        if lookup_key is not None:
+            self._clients["lookup"] = ExportClient(t.endpoint, lookup_key, self.policy.timeout_seconds)
         return self
 
     def close(self) -> None:
@@ -279,6 +287,7 @@ class CohortDeliverer:
             except Exception:  # noqa: BLE001 - close every session
                 pass
         self._clients = {}
+        self._keys, self._key_error = None, None  # a later open() reads the keys and opens sessions again
 
     def __enter__(self) -> "CohortDeliverer":
         return self.open()
@@ -303,7 +312,7 @@ class CohortDeliverer:
         return f"{verdict.reason}: {verdict.detail} (after {attempts} attempt(s))"
 
     def deliver(self, op: str, changes: Sequence[Change]) -> List[Result]:
-        """Send changes of one operation; one Result per change, in order."""
+        """Check (when verifying) and send changes of one operation; one Result per change, in order."""
         changes = list(changes)
         if not changes:
             return []
@@ -311,15 +320,21 @@ class CohortDeliverer:
         if self._key_error:
             return self._count([Result(c.op, c.key, c.amplitude_ids, FAILED, API_KEY_UNAVAILABLE, self._key_error)
                                 for c in changes])
+        settled: dict = {}
+        to_send = changes
+        if self._lookup_ref is not None:  # never skipped silently: no client here is a KeyError
+            to_send, settled = check_users(self.target.user_mapping, changes,
+                                           lambda body, judge: self._send(self._clients["lookup"], body, judge))
         size = PARTNER_MAX_IDS if self.target.delivery == "partner" else TRACK_MAX_OBJECTS
-        results: List[Result] = []
-        for i in range(0, len(changes), size):
-            chunk = changes[i:i + size]
+        sent: List[Result] = []
+        for i in range(0, len(to_send), size):
+            chunk = to_send[i:i + size]
             if self.target.delivery == "partner":
-                results.extend(self._deliver_partner(op, chunk))
+                sent.extend(self._deliver_partner(op, chunk))
             else:
-                results.extend(self._deliver_attribute(op, chunk))
-        return self._count(results)
+                sent.extend(self._deliver_attribute(op, chunk))
+        in_order = iter(sent)  # sent keeps the order of to_send, itself in the order of changes
+        return self._count([settled[c.key] if c.key in settled else next(in_order) for c in changes])
 
     def _count(self, results: List[Result]) -> List[Result]:
         failed = sum(1 for r in results if r.status == FAILED)
@@ -383,7 +398,9 @@ class DeliverChanges(beam.PTransform):
         if target.delivery == "attribute" and target.user_mapping.type == "device_id":
             raise ValueError(f"target {target.name!r}: device_id mapping needs partner delivery")
         self._deliverer = CohortDeliverer(target, sync, policy, resolve_key=resolve_key, sleep=sleep, clock=clock)
-        self._batch = PARTNER_MAX_IDS if target.delivery == "partner" else TRACK_MAX_OBJECTS
+        # Attribute mode with the check: 150 = 3 lookups of 50 = 2 requests of 75, no half-empty lookup.
+        self._batch = PARTNER_MAX_IDS if target.delivery == "partner" else \
+            TRACK_MAX_OBJECTS * (2 if target.verify_users else 1)
         self._shards = shards
 
     def expand(self, changes):

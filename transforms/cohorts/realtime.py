@@ -19,7 +19,10 @@ end of the input (drain, or a test's end) flushes too. At a flush the last chang
 wins (by ``time``, then arrival), and the changes go out through the same ``CohortDeliverer``
 as batch runs. Changes whose request failed after the retries stay buffered, unless a newer
 change for that user arrived, and go again at the next flush ("changes are sent once the
-issue is resolved", amplitude.md §3.1). Each flush that sent anything writes a report
+issue is resolved", amplitude.md §3.1); that includes changes whose ``/users/export/ids``
+check failed (``verify_users``, see ``transforms.cohorts.lookup``). Users the check finds
+unknown to Braze are skipped (``unknown_to_braze``) and not kept: with no membership state,
+such a user is added when a later enter arrives after Braze knows them. Each flush that sent anything writes a report
 (``mode: real_time``) when a report directory is given; the email goes only when a flush fails
 after the previous one succeeded, and when one succeeds after failures, not every minute.
 

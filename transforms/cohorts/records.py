@@ -22,6 +22,8 @@ FAILED = "failed"  # the request failed for good (after retries): the run fails
 UNRESOLVED_MAPPING = "unresolved_mapping"
 REJECTED_BY_BRAZE = "rejected_by_braze"
 INVALID_ROW = "invalid_row"
+UNKNOWN_TO_BRAZE = "unknown_to_braze"  # /users/export/ids did not return the user: not sent
+LOOKUP_FAILED = "lookup_failed"  # FAILED: the /users/export/ids check itself failed
 
 
 class Change(NamedTuple):

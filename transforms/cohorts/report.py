@@ -8,9 +8,12 @@ status and detail:
 
     amplitude_id,operation,braze_id_type,braze_id,status,skipped,skip_reason,detail
 
-``status`` is ``sent`` (Braze accepted the request; see the note on unknown users),
-``skipped`` or ``failed``. A change whose Braze id came from several Amplitude ids gives one
-row per Amplitude id.
+``status`` is ``sent`` (Braze accepted the request), ``skipped`` (see ``skip_reason``:
+``unresolved_mapping``, ``rejected_by_braze``, ``unknown_to_braze``) or ``failed``. With
+``verify_users`` (the default) users are looked up before sending, so ``sent`` users exist in
+Braze and unknown ones are ``skipped: unknown_to_braze``; with ``verify_users: false`` they
+cannot be told apart, and a note says so. A change whose Braze id came from several Amplitude
+ids gives one row per Amplitude id.
 """
 from __future__ import annotations
 
@@ -24,13 +27,18 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.cohorts.records import ADD, DONE, FAILED, SKIPPED, Result
 from transforms.cohorts.state import quote
 
-__all__ = ["CSV_COLUMNS", "UNKNOWN_USERS_NOTE", "build_report", "count_results", "report_paths", "write_report",
-           "report_rows"]
+__all__ = ["CSV_COLUMNS", "UNKNOWN_USERS_NOTE", "VERIFIED_USERS_NOTE", "build_report", "count_results",
+           "report_paths", "write_report", "report_rows"]
 
 CSV_COLUMNS = ("amplitude_id", "operation", "braze_id_type", "braze_id", "status", "skipped", "skip_reason", "detail")
 UNKNOWN_USERS_NOTE = (
     "Braze adds and removes existing users only and never creates users from a cohort; its answer does not "
     "say which ids it matched, so 'sent' users unknown to Braze were ignored by Braze, not added.")
+VERIFIED_USERS_NOTE = (
+    "Braze never creates users from a cohort: users were looked up in Braze (/users/export/ids) before "
+    "sending, and those it does not know are skipped (unknown_to_braze), not sent.")
+RETRIED_NOTE = " Their adds are not saved as membership, so the next run tries them again."
+REAL_TIME_NOTE = " Real time keeps no membership: an unknown user is added when a later enter arrives."
 BRAZE_ID_TYPES = {"user_id": "external_id", "device_id": "device_id", "user_alias": "user_alias"}
 _STATUS = {DONE: "sent", SKIPPED: "skipped", FAILED: "failed"}
 
@@ -61,6 +69,13 @@ def report_rows(results: Iterable[Result], mapping_type: str) -> List[dict]:
     return rows
 
 
+def _users_note(target, mode: str) -> str:
+    """What ``sent`` means for this target: checked users, or (verify_users: false) unchecked."""
+    if not target.verify_users:
+        return UNKNOWN_USERS_NOTE
+    return VERIFIED_USERS_NOTE + (REAL_TIME_NOTE if mode == "real_time" else RETRIED_NOTE)
+
+
 def report_paths(report_dir: str, cohort_id: str, target: str, run_id: str):
     base = FileSystems.join(report_dir.rstrip("/"), "reports", quote(cohort_id), quote(target), run_id)
     return base + ".json", base + ".csv"
@@ -85,7 +100,7 @@ def build_report(*, run_id: str, sync, target, mode: str, started_at: str, finis
         "status": status,  # success | failed
         "counts": count_results(results, unchanged),
         "errors": list(errors),
-        "notes": [UNKNOWN_USERS_NOTE, *notes],
+        "notes": [_users_note(target, mode), *notes],
         "email": email or {"sent": False, "error": "not configured"},
         "users": report_rows(results, target.user_mapping.type),
     }
