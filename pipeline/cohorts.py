@@ -51,6 +51,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.cohort_config import CohortConfig, CohortSync, ConfigError, Target, load_cohorts
 from pipeline.cohort_options import CohortOptions, check_cohort_options, cohort_settings
+from pipeline.local_runner import without_fnapi_state_cache
 from transforms.cohorts import members
 from transforms.cohorts.delivery import CohortDeliverer, DeliverChanges, RetryPolicy, attribute_value
 from transforms.cohorts.diff import UNCHANGED_TAG, DiffMembership, ReadLastMembership, member_line
@@ -197,6 +198,8 @@ def build_snapshot_pipeline(options: PipelineOptions, plan: SyncPlan, snapshot: 
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = BATCH_RUNNER
+    if standard.runner == BATCH_RUNNER:
+        without_fnapi_state_cache()
     p = beam.Pipeline(options=options)
     resolved = (p
                 | "ReadSnapshot" >> members.ReadSnapshot(snapshot)
