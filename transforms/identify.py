@@ -95,6 +95,7 @@ ARRAY_ADD_OPS = ("$append", "$postInsert", "$prepend", "$preInsert")
 ABSOLUTE_OPS = ("$set", "$unset", "$setOnce")
 INCREMENTAL_OPS = ("$add",) + ARRAY_ADD_OPS + ("$remove",)
 OPERATIONS = ABSOLUTE_OPS + INCREMENTAL_OPS + ("$clearAll",)
+_OPERATION_NAMES = frozenset(OPERATIONS)
 # Keys of an attribute object that are not attributes.
 NOT_ATTRIBUTES = frozenset(("external_id", "braze_id", "user_alias", "_update_existing_only",
                             "_merge_objects", "push_token_import", META_KEY))
@@ -151,9 +152,16 @@ def is_operation(value) -> bool:
 
 
 def _unique(values: list) -> list:
+    """``values`` without repeats (by ``_same``), first occurrence kept, in order."""
     out: list = []
+    seen = set()  # (type, value) of the scalars kept: a set look-up instead of a scan
     for v in values:
-        if not _contains(out, v):
+        if isinstance(v, (str, int, float)) or v is None:  # bool is an int; type() keeps it apart
+            key = (type(v), v)
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+        elif not _contains(out, v):
             out.append(v)
     return out
 
@@ -220,18 +228,15 @@ def selected_updates(user_properties: dict, selected: frozenset) -> List[Tuple[s
         return [("$clearAll", "", None)] if selected else []
     updates, seen = [], set()
     for key, operands in user_properties.items():
-        if key.startswith("$"):
-            if key not in OPERATIONS or not isinstance(operands, dict):
-                continue
-            items = operands.items()
-        elif operands is None:
-            continue
-        else:
-            key, items = "$set", ((key, operands),)
-        for name, value in items:
-            if name in selected and name not in seen:
-                seen.add(name)
-                updates.append((key, name, value))
+        if key[:1] == "$":
+            if key in _OPERATION_NAMES and isinstance(operands, dict):
+                for name, value in operands.items():
+                    if name in selected and name not in seen:
+                        seen.add(name)
+                        updates.append((key, name, value))
+        elif key in selected and operands is not None and key not in seen:
+            seen.add(key)
+            updates.append(("$set", key, operands))
     return updates
 
 
