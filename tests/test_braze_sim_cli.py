@@ -7,30 +7,14 @@ import sys
 import threading
 import time
 
-import orjson
 import pytest
 import requests
 
 from local.braze_sim import BrazeSimulator, SimClient
+from tests.sim_http import Endpoint, track
 
 T = "2024-05-01T12:00:00Z"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with BrazeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def clean(sim):
-    sim.client().reset()
-
-
-def track(url, key, body, **kwargs):
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    return requests.post(url + "/users/track", data=orjson.dumps(body), headers=headers, timeout=10, **kwargs)
 
 
 def read_lines(process, count, deadline_seconds=15.0):
@@ -65,7 +49,7 @@ def test_cli_prints_url_and_key_answers_and_stops_on_sigterm():
         assert url_line.startswith("braze-sim listening on http://127.0.0.1:")
         assert key_line == "braze-sim api key: cli-key-123"
         url = url_line.rsplit(" ", 1)[1]
-        r = track(url, "cli-key-123", {"events": [{"external_id": "u1", "name": "e", "time": T}]})
+        r = track(Endpoint(url, "cli-key-123"), {"events": [{"external_id": "u1", "name": "e", "time": T}]})
         assert r.status_code == 201 and r.headers["X-RateLimit-Limit"] == "50"
         client = SimClient(url)
         assert client.health()["object_limit_mode"] == "per-type"
@@ -88,13 +72,13 @@ def test_key_never_appears_in_responses_or_log(sim):
     seen = []
     bodies = [{"events": [{"external_id": "u1", "name": "e", "time": T}]}, {"events": [{"name": "e"}]}, {}]
     for body in bodies:
-        seen.append(track(sim.url, key, body))
-    seen.append(track(sim.url, key + "x", bodies[0]))  # a near-miss key is not echoed either
+        seen.append(track(sim, body))
+    seen.append(track(sim, bodies[0], key + "x"))  # a near-miss key is not echoed either
     seen.append(requests.post(sim.url + "/users/track", data=b"{", headers={"Authorization": f"Bearer {key}"}))
     seen.append(requests.post(sim.url + "/users/alias/new", json={"user_aliases": [{"alias_name": "a", "alias_label": "b"}]},
                               headers={"Authorization": f"Bearer {key}"}))
     client.set_faults(error_rate=1.0)
-    seen.append(track(sim.url, key, bodies[0]))
+    seen.append(track(sim, bodies[0]))
     client.clear_faults()
     texts = [r.text + repr(dict(r.headers)) for r in seen]
     texts += [requests.get(sim.url + p).text for p in ("/_sim/requests", "/_sim/users", "/_sim/counters", "/_sim/faults")]
@@ -104,8 +88,8 @@ def test_key_never_appears_in_responses_or_log(sim):
 
 def test_request_log_entries_and_paging(sim):
     for i in range(5):
-        track(sim.url, sim.api_key, {"attributes": [{"external_id": f"u{i}", "a": 1}],
-                                     "events": [{"external_id": f"u{i}", "name": "e", "time": T}]})
+        track(sim, {"attributes": [{"external_id": f"u{i}", "a": 1}],
+                    "events": [{"external_id": f"u{i}", "name": "e", "time": T}]})
     client = sim.client()
     first = client.requests_page(since=0, limit=2)
     assert [r["index"] for r in first["requests"]] == [0, 1] and first["next"] == 2
@@ -122,15 +106,15 @@ def test_request_log_entries_and_paging(sim):
 def test_request_log_is_bounded():
     with BrazeSimulator(max_log_entries=3, max_log_body_bytes=200) as small:
         for i in range(5):
-            track(small.url, small.api_key, {"events": [{"external_id": f"u{i}", "name": "e", "time": T}]})
+            track(small, {"events": [{"external_id": f"u{i}", "name": "e", "time": T}]})
         logged = small.client().requests()
         assert [r["index"] for r in logged] == [2, 3, 4]
         assert logged[0].get("body_dropped") and logged[-1]["body"] is not None
 
 
 def test_counters(sim):
-    track(sim.url, sim.api_key, {"events": [{"external_id": "u1", "name": "e", "time": T}, {"name": "bad"}]})
-    track(sim.url, "wrong", {})
+    track(sim, {"events": [{"external_id": "u1", "name": "e", "time": T}, {"name": "bad"}]})
+    track(sim, {}, "wrong")
     counters = sim.client().counters()
     assert counters["requests_by_status"] == {"201": 1, "401": 1}
     assert (counters["requests"], counters["objects_accepted"], counters["objects_rejected"]) == (2, 1, 1)
@@ -151,7 +135,7 @@ def test_seed_users_and_lookup(sim):
 
 def test_reset_clears_everything(sim):
     client = sim.client()
-    track(sim.url, sim.api_key, {"events": [{"external_id": "u1", "name": "e", "time": T}]})
+    track(sim, {"events": [{"external_id": "u1", "name": "e", "time": T}]})
     client.reset()
     assert client.users() == [] and client.requests() == []
     assert client.counters()["requests"] == 0

@@ -1,32 +1,22 @@
 """/users/export/ids over real HTTP: auth, lookups by each identifier, validation, counters,
 faults and the endpoint's own rate limit."""
-import orjson
 import pytest
 import requests
 
 from local.braze_sim import BrazeSimulator
+from tests.sim_http import export
 
 FIELDS = ["external_id", "user_aliases", "braze_id"]
 ALIAS = {"alias_name": "a@x.io", "alias_label": "email"}
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with BrazeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def clean(sim):
-    sim.client().reset()
+@pytest.fixture
+def sim(sim):
+    """The shared simulator (tests/conftest.py), reset, with three users seeded."""
     sim.client().seed_users({"external_id": "u1", "user_aliases": [ALIAS], "device_ids": ["d1"],
                              "attributes": {"email": "u1@x.io", "plan": "pro"}},
                             {"external_id": "u2"}, {"device_ids": ["d-anon"]})
-
-
-def export(sim, body, key=None):
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key or sim.api_key}"}
-    return requests.post(sim.url + "/users/export/ids", data=orjson.dumps(body), headers=headers, timeout=10)
+    return sim
 
 
 def test_external_ids_return_known_users_and_list_the_others(sim):

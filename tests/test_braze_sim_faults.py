@@ -1,30 +1,19 @@
 """Fault injection: each knob over real HTTP, and what the simulator holds afterwards."""
 import time
 
-import orjson
 import pytest
 import requests
 
 from local.braze_sim import BrazeSimulator
+from tests import sim_http
 
 T = "2024-05-01T12:00:00Z"
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with BrazeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def clean(sim):
-    sim.client().reset()
-
-
 def track(sim, external_id="u1", timeout=10):
+    """/users/track with one valid event for ``external_id``."""
     body = {"events": [{"external_id": external_id, "name": "played", "time": T}]}
-    headers = {"Authorization": f"Bearer {sim.api_key}", "Content-Type": "application/json"}
-    return requests.post(sim.url + "/users/track", data=orjson.dumps(body), headers=headers, timeout=timeout)
+    return sim_http.track(sim, body, timeout=timeout)
 
 
 def test_error_rate_one_fails_everything_and_applies_nothing(sim):

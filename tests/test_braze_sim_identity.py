@@ -1,30 +1,11 @@
 """/users/alias/new, /users/identify and the partner cohort endpoints over real HTTP."""
-import orjson
 import pytest
 import requests
 
-from local.braze_sim import BrazeSimulator
+from tests.sim_http import post
 
 T = "2024-05-01T12:00:00Z"
 ALIAS = {"alias_name": "anon-1", "alias_label": "amplitude_id"}
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with BrazeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def clean(sim):
-    sim.client().reset()
-
-
-def post(sim, path, body, auth=True, content_type="application/json"):
-    headers = {"Content-Type": content_type}
-    if auth:
-        headers["Authorization"] = f"Bearer {sim.api_key}"
-    return requests.post(sim.url + path, data=orjson.dumps(body), headers=headers, timeout=10)
 
 
 def users(sim, **query):

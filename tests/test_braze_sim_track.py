@@ -6,28 +6,11 @@ import pytest
 import requests
 
 from local.braze_sim import BrazeSimulator
+from tests.sim_http import track
 
 VALID_DATA = "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
 MISSING_ID = "'external_id', 'braze_id', 'user_alias', 'email' or 'phone' is required"
 T = "2024-05-01T12:00:00Z"
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with BrazeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture(autouse=True)
-def clean(sim):
-    sim.client().reset()
-
-
-def track(sim, body, key=None, **kwargs):
-    headers = {"Authorization": f"Bearer {key or sim.api_key}", "Content-Type": "application/json"}
-    headers.update(kwargs.pop("headers", {}))
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    return requests.post(sim.url + "/users/track", data=data, headers=headers, timeout=10, **kwargs)
 
 
 def event(**fields):
