@@ -65,15 +65,15 @@ correct it).
 
 Each attribute item carries, under ``META_KEY``, the user's sequence number and the value
 Braze held before it for each key where the job knows it. ``transforms.batching`` uses both
-to collapse one user's updates in a request into one object without writing a value Braze
-already holds (A → B → A in one request sends nothing), then removes the key: Braze refuses
-``$``-prefixed names, so it could never be billed by mistake.
+(``transforms.attribute_values.merge_attribute_items``) to collapse one user's updates in a
+request into one object without writing a value Braze already holds (A → B → A in one
+request sends nothing), then removes the key: Braze refuses ``$``-prefixed names, so it
+could never be billed by mistake.
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -83,10 +83,22 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
+# The value rules and the collapse of one user's items live in transforms.attribute_values
+# (transforms.batching applies them too); their public names stay importable from here.
+from transforms.attribute_values import META_KEY, MISSING, NOT_ATTRIBUTES, contains, edit_known_list, \
+    is_identify_attributes, is_number, is_operation, is_scalar, merge_attribute_items, merge_attribute_value, \
+    same, unique, without_meta
 from transforms.records import ATTRIBUTES, IDENTIFY, SKIPPED, BrazeItem, Outcome
 
+__all__ = [
+    "OUTCOME_TAG", "META_KEY", "DEFAULT_TTL_SECONDS", "EXPIRY_SLACK", "MAX_TRACKED_VALUES", "ARRAY_ADD_OPS",
+    "ABSOLUTE_OPS", "INCREMENTAL_OPS", "OPERATIONS", "NOT_ATTRIBUTES", "UNCHANGED", "SUPERSEDED", "NOT_A_NUMBER",
+    "NOT_A_LIST", "INVALID_OPERAND", "FRACTIONAL_INCREMENT", "is_operation", "merge_attribute_value",
+    "selected_updates", "Applied", "apply_updates", "attribute_delta", "skip_reason", "is_identify_attributes",
+    "without_meta", "merge_attribute_items", "identify_key", "IdentifyDoFn",
+]
+
 OUTCOME_TAG = "outcomes"
-META_KEY = "$amplitude_braze"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
 EXPIRY_SLACK = 0.01  # the state expires between 99% and 100% of the TTL after the last update
 MAX_TRACKED_VALUES = 100  # values remembered per unknown array (Braze keeps at most 100 per array)
@@ -96,9 +108,6 @@ ABSOLUTE_OPS = ("$set", "$unset", "$setOnce")
 INCREMENTAL_OPS = ("$add",) + ARRAY_ADD_OPS + ("$remove",)
 OPERATIONS = ABSOLUTE_OPS + INCREMENTAL_OPS + ("$clearAll",)
 _OPERATION_NAMES = frozenset(OPERATIONS)
-# Keys of an attribute object that are not attributes.
-NOT_ATTRIBUTES = frozenset(("external_id", "braze_id", "user_alias", "_update_existing_only",
-                            "_merge_objects", "push_token_import", META_KEY))
 
 # Why an update was not applied (also the outcome reason when nothing was sent).
 UNCHANGED = "unchanged"
@@ -107,112 +116,6 @@ NOT_A_NUMBER = "not_a_number"  # $add on a value that is not a number
 NOT_A_LIST = "not_a_list"  # array edit on a value that is not an array
 INVALID_OPERAND = "invalid_operand"  # $add of a non-number; array values Braze cannot add
 FRACTIONAL_INCREMENT = "fractional_increment"  # Braze's inc takes integers only
-
-_MISSING = object()
-
-
-# --------------------------------------------------------------------------------------------
-# Values
-
-
-def _same(a, b) -> bool:
-    """Equal and of the same JSON type (Python says True == 1 == 1.0; Braze does not)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
-def _contains(values: list, value) -> bool:
-    return any(_same(v, value) for v in values)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, (str, bool)) or _is_number(value)
-
-
-def _is_inc(value) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and "inc" in value
-
-
-def _is_array_edit(value) -> bool:
-    return isinstance(value, dict) and bool(value) and value.keys() <= {"add", "remove"}
-
-
-def is_operation(value) -> bool:
-    """An ``inc`` or array edit, whose effect depends on the value Braze holds."""
-    return _is_inc(value) or _is_array_edit(value)
-
-
-def _unique(values: list) -> list:
-    """``values`` without repeats (by ``_same``), first occurrence kept, in order."""
-    out: list = []
-    seen = set()  # (type, value) of the scalars kept: a set look-up instead of a scan
-    for v in values:
-        if isinstance(v, (str, int, float)) or v is None:  # bool is an int; type() keeps it apart
-            key = (type(v), v)
-            if key not in seen:
-                seen.add(key)
-                out.append(v)
-        elif not _contains(out, v):
-            out.append(v)
-    return out
-
-
-def _edit_known_list(current: list, op: str, values: list) -> list:
-    if op == "$remove":
-        return [v for v in current if not _contains(values, v)]
-    new = [v for v in _unique(values) if not _contains(current, v)]
-    return new + current if op in ("$prepend", "$preInsert") else current + new
-
-
-def _apply_array_edit(current: list, edit: dict) -> list:
-    """What Braze does: remove, then add (a value already present moves to the end)."""
-    added = edit.get("add", [])
-    gone = edit.get("remove", []) + added
-    return [v for v in current if not _contains(gone, v)] + _unique(added)
-
-
-def merge_attribute_value(previous, new):
-    """One attribute value with the same effect as sending ``previous`` and then ``new``.
-
-    ``previous`` may be ``_MISSING``. Edits of one array combine so that, per value, the later
-    edit wins and ``add`` and ``remove`` never name the same value (Braze's order between the
-    two within one object is not documented)."""
-    if previous is _MISSING:
-        return new
-    if _is_inc(new):
-        if _is_inc(previous):
-            return {"inc": previous["inc"] + new["inc"]}
-        if previous is None:
-            return new["inc"]
-        if _is_number(previous):
-            return previous + new["inc"]
-        return new
-    if _is_array_edit(new):
-        if isinstance(previous, list):
-            return _apply_array_edit(previous, new)
-        if previous is None:
-            return _apply_array_edit([], new)
-        if _is_array_edit(previous):
-            add, remove = list(previous.get("add", [])), list(previous.get("remove", []))
-            for v in new.get("remove", []):
-                add = [a for a in add if not _same(a, v)]
-                if not _contains(remove, v):
-                    remove.append(v)
-            for v in new.get("add", []):
-                remove = [r for r in remove if not _same(r, v)]
-                add = [a for a in add if not _same(a, v)] + [v]
-            return {k: v for k, v in (("add", add), ("remove", remove)) if v}
-        return new
-    return new
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,10 +165,10 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
 
     def put(name, value):
         if isinstance(value, list):
-            value = _unique(value)  # what Braze stores: its arrays hold unique values
+            value = unique(value)  # what Braze stores: its arrays hold unique values
         entry = props.get(name)
         props[name] = [time_ms, time_ms, value]
-        if not (_known(entry) and _same(entry[2], value)):
+        if not (_known(entry) and same(entry[2], value)):
             delta[name] = value
 
     for op, name, value in updates:
@@ -296,16 +199,16 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
             continue
         t_abs, t_last = (entry[0], max(entry[1], time_ms)) if entry is not None else (0, time_ms)
         if op == "$add":
-            if not _is_number(value):
+            if not is_number(value):
                 ignored.append((name, INVALID_OPERAND))
             elif _known(entry):
                 current = entry[2]
-                if current is not None and not _is_number(current):
+                if current is not None and not is_number(current):
                     ignored.append((name, NOT_A_NUMBER))
                     continue
                 total = value if current is None else current + value
                 props[name] = [t_abs, t_last, total]
-                if current is None or not _same(total, current):
+                if current is None or not same(total, current):
                     delta[name] = total
             else:
                 step = value if isinstance(value, int) else int(value) if float(value).is_integer() else None
@@ -313,7 +216,7 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
                     ignored.append((name, FRACTIONAL_INCREMENT))
                 elif step:
                     props[name] = [t_abs, t_last]
-                    delta[name] = merge_attribute_value(delta.get(name, _MISSING), {"inc": step})
+                    delta[name] = merge_attribute_value(delta.get(name, MISSING), {"inc": step})
             continue
         values = list(value) if isinstance(value, list) else [value]
         if _known(entry):
@@ -325,33 +228,33 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
             if not isinstance(current, list):
                 ignored.append((name, NOT_A_LIST))
                 continue
-            new = _edit_known_list(current, op, values)
+            new = edit_known_list(current, op, values)
             props[name] = [t_abs, t_last, new]
-            if not _same(new, entry[2]):
+            if not same(new, entry[2]):
                 delta[name] = new
-        elif not values or not all(_is_scalar(v) for v in values):
+        elif not values or not all(is_scalar(v) for v in values):
             ignored.append((name, INVALID_OPERAND))
         else:
             # Unknown array: remember which values the job's own edits put in or took out.
             present, absent = (entry[2], entry[3]) if entry is not None and len(entry) == 4 else ([], [])
             done = absent if op == "$remove" else present
-            todo = [v for v in _unique(values) if not _contains(done, v)]
+            todo = [v for v in unique(values) if not contains(done, v)]
             if not todo:
                 ignored.append((name, UNCHANGED))
                 continue
             if op == "$remove":
-                present, absent = [v for v in present if not _contains(todo, v)], absent + todo
+                present, absent = [v for v in present if not contains(todo, v)], absent + todo
             else:
-                present, absent = present + todo, [v for v in absent if not _contains(todo, v)]
+                present, absent = present + todo, [v for v in absent if not contains(todo, v)]
             props[name] = [t_abs, t_last, present[-MAX_TRACKED_VALUES:], absent[-MAX_TRACKED_VALUES:]]
             edit = {"remove": todo} if op == "$remove" else {"add": todo}
-            delta[name] = merge_attribute_value(delta.get(name, _MISSING), edit)
+            delta[name] = merge_attribute_value(delta.get(name, MISSING), edit)
 
     before = {}
     for name in list(delta):
         entry = start.get(name)
         if _known(entry):
-            if not is_operation(delta[name]) and _same(entry[2], delta[name]):
+            if not is_operation(delta[name]) and same(entry[2], delta[name]):
                 del delta[name]  # several operations that end where they started
             else:
                 before[name] = entry[2]
@@ -371,49 +274,6 @@ def skip_reason(applied: Applied) -> str:
     if len(reasons) == 1 and UNCHANGED not in reasons:
         return reasons.pop()
     return SUPERSEDED if reasons == {SUPERSEDED} else UNCHANGED
-
-
-# --------------------------------------------------------------------------------------------
-# Collapsing one user's attribute objects (called by transforms.batching at flush time)
-
-
-def is_identify_attributes(item: BrazeItem) -> bool:
-    return item.kind == ATTRIBUTES and META_KEY in item.obj
-
-
-def without_meta(item: BrazeItem) -> BrazeItem:
-    if item.kind != ATTRIBUTES or META_KEY not in item.obj:
-        return item
-    return item._replace(obj={k: v for k, v in item.obj.items() if k != META_KEY})
-
-
-def merge_attribute_items(items: Sequence[BrazeItem]) -> BrazeItem:
-    """One user's attribute items (from ``IdentifyDoFn``) → one item with the same effect.
-
-    Items apply in the order the state produced them (their sequence number, not arrival
-    order, which Beam does not keep across a shuffle). A key whose final value is the value
-    Braze held before the first of them is dropped; if nothing is left the object keeps only
-    its identifier (0 data points), so every source is still accounted for by the sink."""
-    ordered = sorted(items, key=lambda it: it.obj[META_KEY].get("seq", 0))
-    merged: dict = {}
-    before: dict = {}
-    for it in ordered:
-        known_before = it.obj[META_KEY].get("before") or {}
-        for key, value in it.obj.items():
-            if key == META_KEY:
-                continue
-            if key in NOT_ATTRIBUTES:
-                merged[key] = value
-                continue
-            if key not in before:
-                before[key] = known_before.get(key, _MISSING)
-            merged[key] = merge_attribute_value(merged.get(key, _MISSING), value)
-    for key, value in before.items():
-        if value is not _MISSING and not is_operation(merged[key]) and _same(value, merged[key]):
-            del merged[key]
-    times = [it.publish_time_ms for it in ordered if it.publish_time_ms is not None]
-    return ordered[0]._replace(obj=merged, sources=tuple(s for it in ordered for s in it.sources),
-                               publish_time_ms=min(times) if times else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +305,7 @@ class IdentifyDoFn(beam.DoFn):
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
                  clock=time.time):
-        if not _is_number(ttl_seconds) or ttl_seconds <= 0:
+        if not is_number(ttl_seconds) or ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be a number > 0, got {ttl_seconds!r}")
         self._selected = {sync: frozenset(props) for sync, props in selected_by_sync.items()}
         self._ttl = float(ttl_seconds)

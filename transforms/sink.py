@@ -18,8 +18,9 @@ Every object ends as an ``Outcome`` per source, DELIVERED or DEAD_LETTERED; a de
 object also gives one ``DeadLetter`` on ``DEAD_LETTER_TAG``. Nothing is dropped silently, and
 no Braze or transport failure raises out of ``process``.
 
-The API key lives only in the DoFn's per-sync state and the client's session headers: it is
-never logged, never put in a metric name, a dead letter or an outcome.
+The API key lives only in the DoFn's per-sync state (``transforms.sink_state.SyncState``,
+built in ``setup()`` and never pickled) and the client's session headers: it is never logged,
+never put in a metric name, a dead letter or an outcome.
 """
 from __future__ import annotations
 
@@ -32,15 +33,14 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
 from transforms import braze_client as bc
-from transforms.braze_client import BrazeClient, TransportError, backoff_seconds, build_track_body, classify, \
-    retry_wait_seconds
+from transforms.braze_client import TransportError, backoff_seconds, build_track_body, classify, retry_wait_seconds
 from transforms.records import DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, utc_now_iso
-from transforms.secrets import SecretError, is_reference, resolve_api_key
+from transforms.secrets import is_reference, resolve_api_key
+from transforms.sink_state import METRICS_NAMESPACE, Budget, Failure, SyncState, item_failures
 
 __all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "STAGE", "METRICS_NAMESPACE"]
 
@@ -49,7 +49,8 @@ _LOG = logging.getLogger(__name__)
 DEAD_LETTER_TAG = "dead_letters"
 OUTCOMES_TAG = "outcomes"  # the main output's name in the DoOutputsTuple
 STAGE = "braze"
-METRICS_NAMESPACE = "braze"
+# METRICS_NAMESPACE ("braze") is defined in transforms.sink_state, beside the per-sync
+# counters it names, and imported above so it stays public here.
 
 # Reasons the sink itself adds to those of braze_client.classify.
 RETRIES_EXHAUSTED = "retries_exhausted"
@@ -59,18 +60,8 @@ AFTER_AMBIGUOUS_RETRY = "after_ambiguous_retry"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 UNKNOWN_SYNC = "unknown_sync"
 
-# A 401 re-reads the key at most this often per sync and DoFn instance, so a key that is
-# simply wrong does not cost a Secret Manager read per batch.
-KEY_REFRESH_MIN_SECONDS = 60.0
-# After a permanent SecretError, batches for that sync are dead-lettered without re-reading
-# the secret for this long.
-KEY_ERROR_RETRY_SECONDS = 30.0
-
-# Client-side adaptive throttling (SRE book, "Handling overload"): with K=2 it starts only
-# once more than half of the recent requests were pushed back (429, 5xx, timeouts).
-THROTTLE_WINDOW_MS = 60_000
-THROTTLE_BUCKET_MS = 1_000
-THROTTLE_OVERLOAD_RATIO = 2.0
+# While the sync's adaptive throttler (``transforms.sink_state``) says Braze pushed back on
+# most recent requests, a new batch waits in steps of this, up to the cap per batch.
 THROTTLE_DELAY_SECONDS = 1.0
 MAX_THROTTLE_SECONDS_PER_BATCH = 10.0
 
@@ -173,74 +164,6 @@ class _Params(NamedTuple):
     adaptive_throttling: bool
 
 
-class _Failure(NamedTuple):
-    reason: str
-    detail: str
-    http_status: Optional[int]
-    attempts: int
-
-
-class _Budget:
-    """Retry time used by one input batch: wall time, or the sum of our waits if larger (an
-    injected ``sleep`` may not let the clock move)."""
-
-    def __init__(self, clock: Callable[[], float], max_seconds: float):
-        self._clock = clock
-        self._start = clock()
-        self.max_seconds = max_seconds
-        self.waited = 0.0
-
-    def elapsed(self) -> float:
-        return max(self._clock() - self._start, self.waited)
-
-    def remaining(self) -> float:
-        return self.max_seconds - self.elapsed()
-
-
-class _SyncMetrics:
-    """Counters and distributions for one sync, named ``<sync>.<metric>`` in namespace braze."""
-
-    def __init__(self, sync_name: str):
-        def counter(name):
-            return Metrics.counter(METRICS_NAMESPACE, f"{sync_name}.{name}")
-
-        self.requests = counter("requests")
-        self.objects_sent = counter("objects_sent")
-        self.objects_delivered = counter("objects_delivered")
-        self.objects_dead_lettered = counter("objects_dead_lettered")
-        self.retries = counter("retries")
-        self.ambiguous_retries = counter("ambiguous_retries")
-        self.rate_limited = counter("rate_limited")
-        self.auth_failures = counter("auth_failures")
-        self.objects_per_request = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.objects_per_request")
-        self.delivery_latency_ms = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.delivery_latency_ms")
-
-
-class _SyncState:
-    """One sync's key, client, throttler and metrics inside one DoFn instance."""
-
-    def __init__(self, sync: Sync, adaptive_throttling: bool):
-        self.sync = sync
-        self.key: Optional[str] = None
-        self.client: Optional[BrazeClient] = None
-        self.key_error: Optional[SecretError] = None
-        self.key_error_until = 0.0
-        self.last_auth_refresh: Optional[float] = None
-        self.metrics = _SyncMetrics(sync.name)
-        self.throttler = (AdaptiveThrottler(THROTTLE_WINDOW_MS, THROTTLE_BUCKET_MS, THROTTLE_OVERLOAD_RATIO)
-                          if adaptive_throttling else None)
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self.key, "***") if self.key and text else text
-
-    def close(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            finally:
-                self.client = None
-
-
 class _BrazeSinkDoFn(beam.DoFn):
     def __init__(self, syncs: Sequence[Sync], params: _Params, resolve_key, sleep, clock):
         self._syncs = tuple(syncs)
@@ -248,7 +171,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         self._resolve_key = resolve_key
         self._sleep = sleep
         self._clock = clock
-        self._states: Dict[str, _SyncState] = {}
+        self._states: Dict[str, SyncState] = {}
         self._rng = random.Random()
         self._throttled_seconds = None
         self._throttled_remainder = 0.0
@@ -259,9 +182,13 @@ class _BrazeSinkDoFn(beam.DoFn):
         return state
 
     def setup(self):
-        self._states = {s.name: _SyncState(s, self._params.adaptive_throttling) for s in self._syncs}
+        self._states = {s.name: SyncState(s, self._params.adaptive_throttling, self._params.timeout_seconds,
+                                          self._resolve_key, self._clock)
+                        for s in self._syncs}
         self._rng = random.Random()
-        # Reported where Dataflow looks for backend throttling (as Beam's own IOs do).
+        # Reported where Dataflow looks for backend throttling (as Beam's own IOs do). The
+        # namespace is this class's qualified name, transforms.sink._BrazeSinkDoFn: moving the
+        # class to another module would rename the metric.
         self._throttled_seconds = Metrics.counter(_BrazeSinkDoFn, "cumulativeThrottlingSeconds")
 
     def teardown(self):
@@ -291,16 +218,16 @@ class _BrazeSinkDoFn(beam.DoFn):
         if state is None:
             _LOG.error("batch of %d objects names sync %r, which WriteToBraze was not given",
                        len(items), sync_name)
-            failure = _Failure(UNKNOWN_SYNC, f"sync {sync_name!r} is not configured for the Braze sink", None, 0)
+            failure = Failure(UNKNOWN_SYNC, f"sync {sync_name!r} is not configured for the Braze sink", None, 0)
             yield from self._emit([(it, failure) for it in items], None)
             return
-        budget = _Budget(self._clock, self._params.max_retry_seconds)
+        budget = Budget(self._clock, self._params.max_retry_seconds)
         self._throttle(state)
-        results: List[Tuple[BrazeItem, Optional[_Failure]]] = []
+        results: List[Tuple[BrazeItem, Optional[Failure]]] = []
         self._send(state, items, budget, results)
         yield from self._emit(results, state)
 
-    def _throttle(self, state: _SyncState) -> None:
+    def _throttle(self, state: SyncState) -> None:
         """Hold a new batch back while most recent requests to this sync were pushed back."""
         if state.throttler is None:
             return
@@ -321,8 +248,8 @@ class _BrazeSinkDoFn(beam.DoFn):
         if whole:
             self._throttled_seconds.inc(whole)
 
-    def _send(self, state: _SyncState, items: List[BrazeItem], budget: _Budget,
-              results: List[Tuple[BrazeItem, Optional[_Failure]]]) -> None:
+    def _send(self, state: SyncState, items: List[BrazeItem], budget: Budget,
+              results: List[Tuple[BrazeItem, Optional[Failure]]]) -> None:
         """Send one request's worth of items until it is settled; append one result per item."""
         params = self._params
         m = state.metrics
@@ -337,10 +264,10 @@ class _BrazeSinkDoFn(beam.DoFn):
                 # A retry is a request too: count it in the throttler's history (the answer
                 # is ignored, the retry was already delayed by backoff).
                 state.throttler.throttle_request(self._clock() * 1000.0)
-            client, key_error = self._client(state)
+            client, key_error = state.client_or_error()
             if key_error is not None and key_error.permanent:
                 _LOG.error("sync %s: cannot read the Braze API key: %s", state.sync.name, key_error)
-                self._fail_all(results, items, _Failure(API_KEY_UNAVAILABLE, str(key_error), None, attempt - 1))
+                self._fail_all(results, items, Failure(API_KEY_UNAVAILABLE, str(key_error), None, attempt - 1))
                 return
             if key_error is not None:
                 verdict = bc.Verdict(bc.RETRY, "secret_unavailable", str(key_error))
@@ -358,13 +285,13 @@ class _BrazeSinkDoFn(beam.DoFn):
                     state.throttler.successful_request(self._clock() * 1000.0)
 
             if verdict.action == bc.OK:
-                failed = self._item_failures(verdict, index_map, attempt)
+                failed = item_failures(verdict, index_map, attempt)
                 for position, it in enumerate(items):
                     results.append((it, failed.get(position, AFTER_AMBIGUOUS_RETRY if ambiguous else None)))
                 return
             if verdict.action == bc.SPLIT:
                 if len(items) == 1:
-                    self._fail_all(results, items, _Failure(
+                    self._fail_all(results, items, Failure(
                         bc.PAYLOAD_TOO_LARGE, f"a single object is too large for Braze ({verdict.detail})",
                         verdict.http_status, attempt))
                     return
@@ -375,15 +302,15 @@ class _BrazeSinkDoFn(beam.DoFn):
                 self._send(state, items[middle:], budget, results)
                 return
             if verdict.action == bc.REJECT:
-                failed = self._item_failures(verdict, index_map, attempt)
-                rest = _Failure(bc.BRAZE_REJECTED, verdict.detail, verdict.http_status, attempt)
+                failed = item_failures(verdict, index_map, attempt)
+                rest = Failure(bc.BRAZE_REJECTED, verdict.detail, verdict.http_status, attempt)
                 for position, it in enumerate(items):
                     results.append((it, failed.get(position, rest)))
                 return
             if verdict.action == bc.FAIL:
                 if verdict.reason == bc.BRAZE_AUTH:
                     m.auth_failures.inc()
-                    if not auth_refreshed and self._refresh_key(state):
+                    if not auth_refreshed and state.refresh_key():
                         auth_refreshed = True
                         _LOG.warning("sync %s: Braze answered 401; the key changed since it was read, "
                                      "retrying once with the new one", state.sync.name)
@@ -393,7 +320,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                     _LOG.error("sync %s: Braze refused the request (%s, HTTP %s); %d objects dead-lettered. "
                                "Check the sync's endpoint and API key permissions.",
                                state.sync.name, verdict.reason, verdict.http_status, len(items))
-                self._fail_all(results, items, _Failure(verdict.reason, verdict.detail, verdict.http_status,
+                self._fail_all(results, items, Failure(verdict.reason, verdict.detail, verdict.http_status,
                                                         attempt))
                 return
 
@@ -410,7 +337,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                 detail = (f"gave up after {attempt} attempt(s) in {budget.elapsed():.1f}s; "
                           f"last error: {verdict.detail}")
                 _LOG.warning("sync %s: %d objects dead-lettered, %s", state.sync.name, len(items), detail)
-                self._fail_all(results, items, _Failure(RETRIES_EXHAUSTED, detail, verdict.http_status, attempt))
+                self._fail_all(results, items, Failure(RETRIES_EXHAUSTED, detail, verdict.http_status, attempt))
                 return
             if header_wait is not None:
                 wait = header_wait
@@ -429,56 +356,12 @@ class _BrazeSinkDoFn(beam.DoFn):
                 if verdict.rate_limited:
                     self._report_throttled(wait)
 
-    def _item_failures(self, verdict: bc.Verdict, index_map, attempt: int) -> Dict[int, _Failure]:
-        texts: Dict[int, List[str]] = {}
-        for error in verdict.item_errors:
-            position = index_map.get((error.input_array, error.index))
-            if position is not None:
-                texts.setdefault(position, []).append(error.type)
-        return {position: _Failure(bc.BRAZE_REJECTED, "; ".join(types), verdict.http_status, attempt)
-                for position, types in texts.items()}
-
     @staticmethod
-    def _fail_all(results, items, failure: _Failure) -> None:
+    def _fail_all(results, items, failure: Failure) -> None:
         results.extend((it, failure) for it in items)
 
-    def _client(self, state: _SyncState) -> Tuple[Optional[BrazeClient], Optional[SecretError]]:
-        if state.client is not None:
-            return state.client, None
-        now = self._clock()
-        if state.key_error is not None and now < state.key_error_until:
-            return None, state.key_error
-        try:
-            key = self._resolve_key(state.sync.api_key)
-        except SecretError as e:
-            if e.permanent:
-                state.key_error, state.key_error_until = e, now + KEY_ERROR_RETRY_SECONDS
-            return None, e
-        state.key_error = None
-        state.key = key
-        state.client = BrazeClient(state.sync.endpoint, key, self._params.timeout_seconds)
-        return state.client, None
-
-    def _refresh_key(self, state: _SyncState) -> bool:
-        """Re-read the key after a 401; True if it changed and the client now uses it."""
-        now = self._clock()
-        if state.last_auth_refresh is not None and now - state.last_auth_refresh < KEY_REFRESH_MIN_SECONDS:
-            return False
-        state.last_auth_refresh = now
-        try:
-            key = self._resolve_key(state.sync.api_key)
-        except SecretError as e:
-            _LOG.warning("sync %s: could not re-read the API key after a 401: %s", state.sync.name, e)
-            return False
-        if key == state.key:
-            return False
-        state.close()
-        state.key = key
-        state.client = BrazeClient(state.sync.endpoint, key, self._params.timeout_seconds)
-        return True
-
-    def _emit(self, results: Sequence[Tuple[BrazeItem, Optional[_Failure]]], state: Optional[_SyncState]):
-        """``results``: per item, None or AFTER_AMBIGUOUS_RETRY when delivered, else a _Failure."""
+    def _emit(self, results: Sequence[Tuple[BrazeItem, Optional[Failure]]], state: Optional[SyncState]):
+        """``results``: per item, None or AFTER_AMBIGUOUS_RETRY when delivered, else a Failure."""
         now_ms = self._clock() * 1000.0
         failed_at = utc_now_iso()
         m = state.metrics if state is not None else None
