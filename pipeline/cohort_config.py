@@ -56,10 +56,8 @@ import dataclasses
 import re
 from typing import Optional, Tuple
 
-from pipeline.config import (
-    ConfigError, _API_KEY_MESSAGE, _ENV_REF_RE, _ROOT, _SECRET_REF_RE, _Validator, _join, decode_document,
-    _read_bytes, _type_name,
-)
+from pipeline.config_documents import decode_document, format_for_name, read_bytes
+from pipeline.config_validation import ConfigError, Validator, join_path, type_name
 
 __all__ = [
     "CADENCES", "DEFAULT_TARGET", "DELIVERY_MODES", "MAPPING_TYPES", "CohortConfig", "CohortSync",
@@ -77,7 +75,6 @@ DEFAULT_ATTRIBUTE = "amplitude_cohorts"
 
 # Target names may hold spaces ("US Production", as in the seed); files use them URL-quoted.
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
-_SYNC_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COHORT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PARTNER_RE = re.compile(r"[a-z0-9_-]{1,64}")
 _ATTRIBUTE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ -]{0,254}")
@@ -85,6 +82,7 @@ _FIELD_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$.-]{0,127}")
 _EMAIL_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 
+_EXPECTED = "a mapping with 'cohort_syncs'"  # what the document must be, for "empty"/"wrong type" messages
 _TOP_KEYS = ("$schema", "targets", "cohort_syncs", "notifications")
 _TARGET_KEYS = ("name", "endpoint", "api_key", "delivery", "partner_api_key", "partner", "attribute",
                 "attribute_value", "user_mapping", "verify_users", "lookup_api_key")
@@ -178,15 +176,14 @@ class CohortConfig:
 def load_cohorts(path_or_uri: str, *, allow_insecure_endpoints: bool = False) -> CohortConfig:
     """Read and validate a cohorts file: a local path or ``gs://`` URI, YAML or JSON."""
     source = str(path_or_uri)
-    data = _read_bytes(source)
-    lower = source.lower()
-    fmt = "json" if lower.endswith(".json") else "yaml" if lower.endswith((".yaml", ".yml")) else None
-    return loads_cohorts(data, source=source, format=fmt, allow_insecure_endpoints=allow_insecure_endpoints)
+    data = read_bytes(source)
+    return loads_cohorts(data, source=source, format=format_for_name(source),
+                         allow_insecure_endpoints=allow_insecure_endpoints)
 
 
 def loads_cohorts(text, *, source: str = "<cohorts>", format: Optional[str] = None,
                   allow_insecure_endpoints: bool = False) -> CohortConfig:
-    document, duplicates = decode_document(text, source, format, "a mapping with 'cohort_syncs'")
+    document, duplicates = decode_document(text, source, format, _EXPECTED)
     return _parse(document, source, allow_insecure_endpoints, duplicates)
 
 
@@ -197,54 +194,31 @@ def parse_cohorts(document, *, source: str = "<cohorts>", allow_insecure_endpoin
 
 def _parse(document, source, allow_insecure, problems) -> CohortConfig:
     v = _CohortValidator(list(problems), allow_insecure)
-    config = v.document(document)
-    if v.problems:
-        raise ConfigError(source, v.problems)
-    return config
+    return v.checked(source, v.document(document))
 
 
-class _CohortValidator(_Validator):
-    """The syncs file's validator helpers (mapping, string, boolean, endpoint...) plus cohorts."""
-
-    def reference(self, m, key, path, required=False):
-        if key not in m:
-            if required:
-                self.add(_join(path, key), "required")
-            return None
-        value = m[key]
-        p = _join(path, key)
-        if not isinstance(value, str):  # never quote the value: it may be a pasted key
-            self.add(p, f"must be a string, got {_type_name(value)}; it " + _API_KEY_MESSAGE)
-            return None
-        if not (_ENV_REF_RE.fullmatch(value) or _SECRET_REF_RE.fullmatch(value)):
-            self.add(p, _API_KEY_MESSAGE)
-            return None
-        return value
+class _CohortValidator(Validator):
+    """The shared validator helpers (``pipeline.config_validation``: mapping, string, boolean,
+    reference, endpoint...) plus the cohorts file's own rules."""
 
     def choice(self, m, key, path, choices, default):
         if key not in m:
             return default
         value = m[key]
         if not isinstance(value, str) or value not in choices:
-            shown = repr(value) if isinstance(value, str) else _type_name(value)
-            self.add(_join(path, key), f"must be one of: {', '.join(choices)} (got {shown})")
+            shown = repr(value) if isinstance(value, str) else type_name(value)
+            self.add(join_path(path, key), f"must be one of: {', '.join(choices)} (got {shown})")
             return None
         return value
 
     def document(self, document):
-        empty = CohortConfig((), ())
-        if document is None:
-            self.add(_ROOT, "the file is empty (expected a mapping with 'cohort_syncs')")
-            return empty
-        if not isinstance(document, dict):
-            self.add(_ROOT, f"must be a mapping with 'cohort_syncs', got {_type_name(document)}")
-            return empty
+        if not self.root_mapping(document, _EXPECTED):
+            return CohortConfig((), ())
         legacy_keys = [k for k in document if k in _LEGACY_KEYS]
         legacy = "targets" not in document and bool(legacy_keys)
         # Target keys next to 'targets' get their own message below, not "unknown key".
         self.mapping(document, "", _TOP_KEYS + (_LEGACY_KEYS if legacy_keys else ()), required=("cohort_syncs",))
-        if "$schema" in document and not isinstance(document["$schema"], str):
-            self.add("$schema", f"must be a string, got {_type_name(document['$schema'])}")
+        self.schema_key(document)
         targets = []
         if "targets" in document:
             for k in legacy_keys:
@@ -272,7 +246,7 @@ class _CohortValidator(_Validator):
 
     def targets(self, items):
         if not isinstance(items, list):
-            self.add("targets", f"must be a list of targets, got {_type_name(items)}")
+            self.add("targets", f"must be a list of targets, got {type_name(items)}")
             return []
         if not items:
             self.add("targets", "at least one target is required")
@@ -281,10 +255,8 @@ class _CohortValidator(_Validator):
         for i, item in enumerate(items):
             path = f"targets[{i}]"
             name = item.get("name") if isinstance(item, dict) else None
-            if isinstance(name, str) and name in names:
-                self.add(_join(path, "name"), f"duplicate name {name!r} (also {names[name]})")
-            elif isinstance(name, str):
-                names[name] = path
+            # Checked on the raw name, before the target's other checks, as the problem order has it.
+            self.unique_name(names, name if isinstance(name, str) else None, path)
             t = self.target(item, path)
             if t is None or names.get(t.name) != path:
                 continue
@@ -326,7 +298,7 @@ class _CohortValidator(_Validator):
                                                    "(the <partner> in /partners/<partner>/cohorts)")
             for k in ("attribute", "attribute_value"):
                 if k in m:
-                    self.add(_join(path, k), "only allowed with delivery: attribute")
+                    self.add(join_path(path, k), "only allowed with delivery: attribute")
         elif delivery == "attribute":
             if "attribute" in m:
                 attribute = self.string(m, "attribute", path, pattern=_ATTRIBUTE_RE,
@@ -335,7 +307,7 @@ class _CohortValidator(_Validator):
             attribute_value = self.choice(m, "attribute_value", path, ATTRIBUTE_VALUES, "label")
             for k in ("partner_api_key", "partner"):
                 if k in m:
-                    self.add(_join(path, k), "only allowed with delivery: partner")
+                    self.add(join_path(path, k), "only allowed with delivery: partner")
         verify_users, lookup_api_key = self.user_check(m, path, delivery)
         if len(self.problems) != n:
             return None
@@ -348,10 +320,10 @@ class _CohortValidator(_Validator):
         verify = self.boolean(m, "verify_users", path, True)
         key = self.reference(m, "lookup_api_key", path)
         if "verify_users" in m and m["verify_users"] is False and "lookup_api_key" in m:
-            self.add(_join(path, "lookup_api_key"), "not used with verify_users: false (remove it, or remove "
-                                                    "verify_users: false to check that users exist)")
+            self.add(join_path(path, "lookup_api_key"), "not used with verify_users: false (remove it, or remove "
+                                                       "verify_users: false to check that users exist)")
         elif verify and delivery == "partner" and "lookup_api_key" not in m:
-            self.add(_join(path, "lookup_api_key"),
+            self.add(join_path(path, "lookup_api_key"),
                      "required with delivery: partner to check that users exist in Braze before sending (a "
                      "reference to a REST API key with users.export.ids); or set verify_users: false to send "
                      "without checking (users unknown to Braze are then reported as sent)")
@@ -360,7 +332,7 @@ class _CohortValidator(_Validator):
     def user_mapping(self, m, path, delivery):
         if "user_mapping" not in m:
             return UserMapping()
-        p = _join(path, "user_mapping")
+        p = join_path(path, "user_mapping")
         um = self.mapping(m["user_mapping"], p, _MAPPING_KEYS)
         if um is None:
             return None
@@ -368,20 +340,15 @@ class _CohortValidator(_Validator):
         kind = self.choice(um, "type", p, MAPPING_TYPES, "user_id")
         label, source = None, "user_id"
         if kind == "user_alias":
-            if "alias_label" not in um:
-                self.add(_join(p, "alias_label"), "required when type is user_alias")
-            else:
-                label = self.string(um, "alias_label", p)
+            label = self.alias_label(um, p)
             if "alias_source" in um:
                 source = self.string(um, "alias_source", p, pattern=_FIELD_RE,
                                      pattern_text="must be an Amplitude field name (a snapshot column)")
         elif kind is not None:
-            for k in ("alias_label", "alias_source"):
-                if k in um:
-                    self.add(_join(p, k), f"only allowed when type is user_alias (type is {kind!r})")
+            self.only_for_alias(um, p, kind, ("alias_label", "alias_source"))
         if kind == "device_id" and delivery == "attribute":
-            self.add(_join(p, "type"), "device_id needs delivery: partner (/users/track cannot address a "
-                                       "user by device id)")
+            self.add(join_path(p, "type"), "device_id needs delivery: partner (/users/track cannot address a "
+                                           "user by device id)")
         if len(self.problems) != n:
             return None
         return UserMapping(type=kind, alias_label=label, alias_source=source)
@@ -390,7 +357,7 @@ class _CohortValidator(_Validator):
         if not present:
             return []
         if not isinstance(items, list):
-            self.add("cohort_syncs", f"must be a list of cohort syncs, got {_type_name(items)}")
+            self.add("cohort_syncs", f"must be a list of cohort syncs, got {type_name(items)}")
             return []
         if not items:
             self.add("cohort_syncs", "at least one cohort sync is required")
@@ -403,22 +370,18 @@ class _CohortValidator(_Validator):
             if m is None:
                 continue
             n = len(self.problems)
-            name = self.string(m, "name", path, pattern=_SYNC_NAME_RE,
-                               pattern_text="must be 1-64 letters, digits, '-' or '_'")
+            name = self.sync_name(m, path)
             cohort_id = self.string(m, "cohort_id", path, pattern=_COHORT_ID_RE,
                                     pattern_text="must be 1-128 letters, digits, '-' or '_' (Amplitude's cohort id)")
             cohort_name = self.string(m, "cohort_name", path)
             if cohort_name is not None and len(cohort_name) > 255:
-                self.add(_join(path, "cohort_name"), "must be at most 255 characters")
+                self.add(join_path(path, "cohort_name"), "must be at most 255 characters")
             target = DEFAULT_TARGET if legacy and "target" not in m else self.string(m, "target", path)
             if target is not None and target not in target_names and target_names:
                 known = ", ".join(repr(t) for t in sorted(target_names))
-                self.add(_join(path, "target"), f"unknown target {target!r} (targets: {known})")
+                self.add(join_path(path, "target"), f"unknown target {target!r} (targets: {known})")
             cadence = self.choice(m, "cadence", path, CADENCES, None) if "cadence" in m else None
-            if name is not None:
-                if name in names:
-                    self.add(_join(path, "name"), f"duplicate name {name!r} (also {names[name]})")
-                names.setdefault(name, path)
+            self.unique_name(names, name, path)
             if cohort_id is not None and target is not None:
                 pair = (cohort_id, target)
                 if pair in pairs:
@@ -437,15 +400,15 @@ class _CohortValidator(_Validator):
         host = self.string(m, "smtp_host", path, pattern=_HOST_RE, pattern_text="must be a host name or address")
         port = m.get("smtp_port", 25)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            self.add(_join(path, "smtp_port"), f"must be a port number 1-65535, got {_type_name(port)}")
+            self.add(join_path(path, "smtp_port"), f"must be a port number 1-65535, got {type_name(port)}")
         sender = self.string(m, "sender", path, pattern=_EMAIL_RE, pattern_text="must be an email address")
         recipients = self.string_list(m, "recipients", path)
         if "recipients" in m and isinstance(m["recipients"], list):
             if not m["recipients"]:
-                self.add(_join(path, "recipients"), "at least one recipient is required")
+                self.add(join_path(path, "recipients"), "at least one recipient is required")
             for i, r in enumerate(recipients):
                 if not _EMAIL_RE.fullmatch(r):
-                    self.add(f"{_join(path, 'recipients')}[{i}]", "must be an email address")
+                    self.add(f"{join_path(path, 'recipients')}[{i}]", "must be an email address")
         starttls = self.boolean(m, "starttls", path, False)
         username = self.string(m, "username", path)
         password = self.reference(m, "password", path)
@@ -453,7 +416,7 @@ class _CohortValidator(_Validator):
             self.add(path, "username and password go together (SMTP login)")
         timeout = m.get("timeout_seconds", 10.0)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
-            self.add(_join(path, "timeout_seconds"), "must be a number of seconds, > 0 and <= 300")
+            self.add(join_path(path, "timeout_seconds"), "must be a number of seconds, > 0 and <= 300")
         if len(self.problems) != n:
             return None
         return EmailSettings(smtp_host=host, sender=sender, recipients=recipients, smtp_port=port,
