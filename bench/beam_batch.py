@@ -16,7 +16,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bench.common import Corpus, all_requests, bench_key, bench_syncs, simulator
+from bench.common import Corpus, all_requests, bench_key, bench_syncs, job_default, simulator
 from local.generate import read_messages
 from pipeline.graph import EventsToBraze
 
@@ -45,7 +45,8 @@ def run_graph(path: str, sim_url: str, events: bool = True) -> float:
     syncs = bench_syncs(sim_url, events=events)
     started = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(flags=[], runner=RUNNER)) as p:
-        results = read_corpus(p, path) | "EventsToBraze" >> EventsToBraze(syncs)
+        results = read_corpus(p, path) | "EventsToBraze" >> EventsToBraze(
+            syncs, max_in_flight=job_default("braze_max_in_flight"))
         results["outcomes"] | "CountOutcomes" >> beam.combiners.Count.Globally()
     return time.perf_counter() - started
 

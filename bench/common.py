@@ -152,6 +152,16 @@ def sync_document(url: str, events: bool = True) -> dict:
     return document
 
 
+def job_default(option: str):
+    """The streaming job's default for ``--<option>`` (``pipeline/options.py``), so the Beam
+    parts run the sink as the job does."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import StreamOptions
+
+    return getattr(PipelineOptions([]).view_as(StreamOptions), option)
+
+
 def bench_syncs(url: str = "http://127.0.0.1:9", events: bool = True) -> Tuple[Sync, ...]:
     return parse_syncs(sync_document(url, events), source="bench", allow_insecure_endpoints=True)
 

@@ -38,6 +38,7 @@ class EventsToBraze(beam.PTransform):
         timeout_seconds: float = 10.0,
         max_attempts: int = 6,
         max_retry_seconds: float = 120.0,
+        max_in_flight: int = 1,
         dedup_window_seconds: float = 600.0,
         user_state_ttl_days: float = 30.0,
         resolve_key: Callable[[str], str] = resolve_api_key,
@@ -57,6 +58,7 @@ class EventsToBraze(beam.PTransform):
         self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
         self._write = dict(
             timeout_seconds=timeout_seconds, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
+            max_in_flight=max_in_flight,
             resolve_key=resolve_key, sleep=sleep, clock=clock,
         )
 

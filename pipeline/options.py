@@ -113,6 +113,14 @@ class StreamOptions(PipelineOptions):
             default=120.0,
             help="Longest total time spent retrying one request.",
         )
+        braze.add_argument(
+            "--braze_max_in_flight",
+            type=int,
+            default=1,
+            help="Requests in flight at once per sink instance (1 to 64). 1: one request at a time per "
+            "batch key. More: requests of one batch key may overlap, but never two with a user in "
+            "common, which keep their order.",
+        )
 
 
 def check_stream_options(options: StreamOptions) -> list:
@@ -142,4 +150,6 @@ def check_stream_options(options: StreamOptions) -> list:
         problems.append("--user_state_ttl_days must be > 0")
     if options.braze_max_attempts < 1:
         problems.append("--braze_max_attempts must be >= 1")
+    if not 1 <= options.braze_max_in_flight <= 64:
+        problems.append("--braze_max_in_flight must be from 1 to 64")
     return problems

@@ -53,6 +53,7 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
             timeout_seconds=opts.braze_timeout_seconds,
             max_attempts=opts.braze_max_attempts,
             max_retry_seconds=opts.braze_max_retry_seconds,
+            max_in_flight=opts.braze_max_in_flight,
             dedup_window_seconds=opts.dedup_window_minutes * 60.0,
             user_state_ttl_days=opts.user_state_ttl_days,
         )

@@ -45,6 +45,7 @@ LABELS: Dict[str, str] = {
     "braze_timeout_seconds": "Braze request timeout (seconds)",
     "braze_max_attempts": "Attempts per Braze request",
     "braze_max_retry_seconds": "Retry time per Braze request (seconds)",
+    "braze_max_in_flight": "Braze requests in flight per sink instance",
 }
 
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"

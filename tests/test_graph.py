@@ -60,20 +60,21 @@ def _event(i, event_type="Order Completed", total=10, user="user-00001", plan="f
     })
 
 
-def _run(syncs, messages, key):
+def _run(syncs, messages, key, max_in_flight=1):
     COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     stream = test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
     with beam.Pipeline(options=options) as p:
         out = p | stream | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key,
-                                        sleep=lambda s: None)
+                                        sleep=lambda s: None, max_in_flight=max_in_flight)
         out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
         out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
 
 
 @pytest.mark.integration
-def test_events_and_changed_attributes_reach_braze_per_sync(braze_sim):
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+def test_events_and_changed_attributes_reach_braze_per_sync(braze_sim, max_in_flight):
     messages = [
         _event(1, plan="free"),
         _event(2, plan="free"),  # unchanged plan: no attribute sent
@@ -81,7 +82,7 @@ def test_events_and_changed_attributes_reach_braze_per_sync(braze_sim):
         _event(4, event_type="Page Viewed", user="user-00002"),
         b"{broken",
     ]
-    _run(_syncs(braze_sim.url), messages, braze_sim.api_key)
+    _run(_syncs(braze_sim.url), messages, braze_sim.api_key, max_in_flight)
 
     users = {(u.get("external_id") or u["user_aliases"][0]["alias_name"]): u for u in SimClient(braze_sim.url).users()}
     ext = users["user-00001"]

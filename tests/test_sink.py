@@ -61,6 +61,17 @@ def sim():
         yield s
 
 
+_IN_FLIGHT = [1]  # the max_in_flight run() uses unless a test names one
+
+
+@pytest.fixture(params=[1, 4], ids=["sequential", "in_flight_4"], autouse=True)
+def in_flight(request):
+    """Every sink test runs twice: sending on the bundle's thread, and with 4 requests in flight."""
+    _IN_FLIGHT[0] = request.param
+    yield request.param
+    _IN_FLIGHT[0] = 1
+
+
 @pytest.fixture
 def braze(sim, monkeypatch):
     client = SimClient(sim.url)
@@ -93,6 +104,7 @@ def run(batches, syncs, **kwargs):
     run_id = next(_RUN_IDS)
     kwargs.setdefault("sleep", _record_sleep)
     kwargs.setdefault("backoff_base_seconds", 0.001)
+    kwargs.setdefault("max_in_flight", _IN_FLIGHT[0])
     p = beam.Pipeline(runner="FnApiRunner")
     results = (p | beam.Create([(f"k{i}", list(b)) for i, b in enumerate(batches)], reshuffle=False)
                | WriteToBraze(syncs, **kwargs))
@@ -374,3 +386,53 @@ def test_key_pasted_as_reference_is_refused_without_echo():
     with pytest.raises(ValueError) as e:
         WriteToBraze([Sync(name="a", endpoint="https://rest.iad-01.braze.com", api_key=key)])
     assert key not in str(e.value) and "reference" in str(e.value)
+
+
+# --- Requests in flight (transforms.inflight)
+
+
+def _overlaps(intervals):
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = current = 0
+    for _, delta in points:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def test_requests_overlap_up_to_the_limit_but_never_for_one_user(sim, braze):
+    latency = 0.3
+    braze.set_faults(latency_ms=int(latency * 1000))
+    batches = [[event(f"u{i}a", i), event(f"u{i}b", i)] for i in range(8)]
+    batches.insert(1, [event("shared", 1), event("x1", 1)])
+    batches.insert(6, [event("shared", 2), event("x2", 2)])
+    outcomes, dead, metrics = run(batches, [sync(sim)], max_in_flight=4)
+
+    assert not dead and len(outcomes) == 20 and {o.status for o in outcomes} == {DELIVERED}
+    requests = [r for r in braze.requests() if r["path"] == "/users/track"]
+    assert len(requests) == 10 == metrics["s1.requests"]  # metrics from the pool's threads counted
+    assert metrics["s1.objects_delivered"] == 20
+    starts = [(r["received_at"], r["received_at"] + latency) for r in requests]
+    assert 2 <= _overlaps(starts) <= 4  # several at once, never more than the limit
+
+    def sent_at(n):
+        [r] = [r for r in requests if {"external_id": "shared", "n": n} in
+               [{"external_id": e["external_id"], "n": e["properties"]["n"]} for e in r["body"]["events"]]]
+        return r["received_at"]
+    # The user's second request left only after the first was answered, in arrival order.
+    assert sent_at(2) >= sent_at(1) + latency - 0.01
+
+
+def test_one_in_flight_sends_one_request_at_a_time(sim, braze):
+    braze.set_faults(latency_ms=100)
+    outcomes, dead, _ = run([[event(f"u{i}", i)] for i in range(5)], [sync(sim)], max_in_flight=1)
+    assert len(outcomes) == 5 and not dead
+    starts = [(r["received_at"], r["received_at"] + 0.1) for r in braze.requests() if r["path"] == "/users/track"]
+    assert _overlaps([(s + 0.005, e) for s, e in starts]) == 1
+
+
+def test_max_in_flight_is_checked():
+    syncs = [Sync(name="a", endpoint="https://rest.iad-01.braze.com", api_key="env:X")]
+    for bad in (0, 65, True, 2.0):
+        with pytest.raises(ValueError, match="max_in_flight"):
+            WriteToBraze(syncs, max_in_flight=bad)

@@ -160,6 +160,7 @@ def _broken(**changes):
     ({"parameters__allow_insecure_endpoints": "yes"}, "parameters.allow_insecure_endpoints: 'yes' does not match"),
     ({"parameters__batch_shards_per_sync": 4}, "parameters.batch_shards_per_sync: must be a string"),
     ({"parameters__batch_shards_per_sync": "0"}, "parameters: --batch_shards_per_sync must be >= 1"),
+    ({"parameters__braze_max_in_flight": "65"}, "parameters: --braze_max_in_flight must be from 1 to 64"),
     ({"parameters__sync_config": "/etc/syncs.yaml"}, "parameters.sync_config: must be a gs:// URI"),
     ({"gcloud__region": None}, "gcloud.region: required"),
     ({"gcloud__max_wrokers": 3}, "gcloud.max_wrokers: unknown setting"),

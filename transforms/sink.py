@@ -14,6 +14,12 @@ Policy (DESIGN.md, "Braze sink and failures"), built from the pure rules in
   jitter (429: as long as the rate-limit headers say), within ``max_attempts`` and
   ``max_retry_seconds``; past either, every object is dead-lettered ``retries_exhausted``.
 
+Up to ``max_in_flight`` requests are in flight at once per DoFn instance, on a thread pool;
+two requests that share a user never are, and go in the order their batches arrived
+(``transforms.inflight``), since Braze does not order separate requests. A retry's wait or a
+429's holds only its own request. With ``max_in_flight=1`` every request is sent on the
+bundle's thread, one after the other.
+
 Every object ends as an ``Outcome`` per source, DELIVERED or DEAD_LETTERED; a dead-lettered
 object also gives one ``DeadLetter`` on ``DEAD_LETTER_TAG``. Nothing is dropped silently, and
 no Braze or transport failure raises out of ``process``.
@@ -24,6 +30,7 @@ never put in a metric name, a dead letter or an outcome.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import random
@@ -38,9 +45,11 @@ from apache_beam.metrics import Metrics
 from pipeline.config import Sync
 from transforms import braze_client as bc
 from transforms.braze_client import TransportError, backoff_seconds, build_track_body, classify, retry_wait_seconds
+from transforms.inflight import Sender, windowed
 from transforms.records import DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, utc_now_iso
 from transforms.secrets import is_reference, resolve_api_key
-from transforms.sink_state import METRICS_NAMESPACE, Budget, Failure, SyncState, item_failures
+from transforms.sink_state import METRICS_NAMESPACE, Budget, Failure, RecordedMetrics, SyncState, Tally, \
+    item_failures
 
 __all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "STAGE", "METRICS_NAMESPACE"]
 
@@ -87,18 +96,22 @@ class WriteToBraze(beam.PTransform):
       backoff_base_seconds, backoff_cap_seconds: exponential backoff with full jitter.
       max_rate_limit_wait_seconds: cap on one wait that a 429's headers ask for.
       adaptive_throttling: slow down on the client side when Braze pushes back.
+      max_in_flight: requests in flight at once per DoFn instance (1: on the bundle's thread).
     """
 
     def __init__(self, syncs: Iterable[Sync], *, timeout_seconds: float = 10.0, max_attempts: int = 6,
                  max_retry_seconds: float = 120.0, resolve_key: Callable[[str], str] = resolve_api_key,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  backoff_base_seconds: float = 0.5, backoff_cap_seconds: float = 30.0,
-                 max_rate_limit_wait_seconds: float = 60.0, adaptive_throttling: bool = True):
+                 max_rate_limit_wait_seconds: float = 60.0, adaptive_throttling: bool = True,
+                 max_in_flight: int = 1):
         super().__init__()
         self._syncs = _check_syncs(syncs)
         _check_positive("timeout_seconds", timeout_seconds)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
+            raise ValueError(f"max_in_flight must be an integer from 1 to 64, got {max_in_flight!r}")
         _check_positive("max_retry_seconds", max_retry_seconds, allow_zero=True)
         _check_positive("backoff_base_seconds", backoff_base_seconds, allow_zero=True)
         _check_positive("backoff_cap_seconds", backoff_cap_seconds, allow_zero=True)
@@ -111,7 +124,7 @@ class WriteToBraze(beam.PTransform):
             max_retry_seconds=float(max_retry_seconds), backoff_base_seconds=float(backoff_base_seconds),
             backoff_cap_seconds=float(backoff_cap_seconds),
             max_rate_limit_wait_seconds=float(max_rate_limit_wait_seconds),
-            adaptive_throttling=bool(adaptive_throttling))
+            adaptive_throttling=bool(adaptive_throttling), max_in_flight=max_in_flight)
         self._resolve_key = resolve_key
         self._sleep = sleep
         self._clock = clock
@@ -162,6 +175,7 @@ class _Params(NamedTuple):
     backoff_cap_seconds: float
     max_rate_limit_wait_seconds: float
     adaptive_throttling: bool
+    max_in_flight: int
 
 
 class _BrazeSinkDoFn(beam.DoFn):
@@ -175,10 +189,13 @@ class _BrazeSinkDoFn(beam.DoFn):
         self._rng = random.Random()
         self._throttled_seconds = None
         self._throttled_remainder = 0.0
+        self._pool = None
+        self._sender = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_states"] = {}  # never ship keys or sessions
+        state["_pool"] = state["_sender"] = None
         return state
 
     def setup(self):
@@ -190,8 +207,23 @@ class _BrazeSinkDoFn(beam.DoFn):
         # namespace is this class's qualified name, transforms.sink._BrazeSinkDoFn: moving the
         # class to another module would rename the metric.
         self._throttled_seconds = Metrics.counter(_BrazeSinkDoFn, "cumulativeThrottlingSeconds")
+        if self._params.max_in_flight > 1 and self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._params.max_in_flight,
+                                                               thread_name_prefix="braze-sink")
+
+    def start_bundle(self):
+        if self._pool is not None:
+            self._sender = Sender(self._params.max_in_flight, self._pool)
+
+    def finish_bundle(self):
+        if self._sender is not None:
+            while not self._sender.idle():
+                yield from self._settled(wait=True)
 
     def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         for state in self._states.values():
             try:
                 state.close()
@@ -200,46 +232,71 @@ class _BrazeSinkDoFn(beam.DoFn):
 
     # -----------------------------------------------------------------------------------------
 
-    def process(self, element):
+    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         _, items = element
         items = list(items)
         if not items:
             return
+        if not self._states:
+            self.setup()
+        if self._pool is not None and self._sender is None:  # a runner that skipped start_bundle
+            self.start_bundle()
         groups: Dict[str, List[BrazeItem]] = {}
         for it in items:  # a batch holds one sync; be safe if it does not
             groups.setdefault(it.sync, []).append(it)
         for sync_name, group in groups.items():
-            yield from self._deliver_batch(sync_name, group)
+            state = self._states.get(sync_name)
+            if state is None:
+                _LOG.error("batch of %d objects names sync %r, which WriteToBraze was not given",
+                           len(group), sync_name)
+                failure = Failure(UNKNOWN_SYNC, f"sync {sync_name!r} is not configured for the Braze sink", None, 0)
+                yield from self._emit([(it, failure) for it in group], None)
+            elif self._sender is None:
+                results = self._deliver(state, group, Tally(state.metrics, self._report_throttled))
+                yield from self._emit(results, state)
+            else:
+                self._sender.submit(frozenset((sync_name, it.user_key) for it in group),
+                                    lambda state=state, group=group: self._deliver_on_pool(state, group),
+                                    (state, window, timestamp))
+        if self._sender is not None:
+            yield from self._settled(wait=False)
+            while self._sender.waiting >= self._params.max_in_flight:  # hold the input back
+                yield from self._settled(wait=True)
 
-    def _deliver_batch(self, sync_name: str, items: List[BrazeItem]):
-        if not self._states:
-            self.setup()
-        state = self._states.get(sync_name)
-        if state is None:
-            _LOG.error("batch of %d objects names sync %r, which WriteToBraze was not given",
-                       len(items), sync_name)
-            failure = Failure(UNKNOWN_SYNC, f"sync {sync_name!r} is not configured for the Braze sink", None, 0)
-            yield from self._emit([(it, failure) for it in items], None)
-            return
+    def _deliver(self, state: SyncState, items: List[BrazeItem], tally: Tally):
+        """Send one batch until it is settled: one (item, None | reason | Failure) per item."""
         budget = Budget(self._clock, self._params.max_retry_seconds)
-        self._throttle(state)
+        self._throttle(state, tally)
         results: List[Tuple[BrazeItem, Optional[Failure]]] = []
-        self._send(state, items, budget, results)
-        yield from self._emit(results, state)
+        self._send(state, items, budget, results, tally)
+        return results
 
-    def _throttle(self, state: SyncState) -> None:
+    def _deliver_on_pool(self, state: SyncState, items: List[BrazeItem]):
+        waits: List[float] = []
+        tally = Tally(RecordedMetrics(), waits.append)
+        return self._deliver(state, items, tally), tally.m, waits
+
+    def _settled(self, wait: bool):
+        """Outputs of the batches the pool finished, in their own window, with their metrics."""
+        for (state, window, timestamp), (results, recorded, waits) in self._sender.finished(wait):
+            recorded.replay(state.metrics)
+            for seconds in waits:
+                self._report_throttled(seconds)
+            for output in self._emit(results, state):
+                yield windowed(output, window, timestamp)
+
+    def _throttle(self, state: SyncState, tally: Tally) -> None:
         """Hold a new batch back while most recent requests to this sync were pushed back."""
         if state.throttler is None:
             return
         throttled = 0.0
-        while (throttled < MAX_THROTTLE_SECONDS_PER_BATCH
-               and state.throttler.throttle_request(self._clock() * 1000.0)):
+        while throttled < MAX_THROTTLE_SECONDS_PER_BATCH and state.pushed_back(self._clock() * 1000.0):
             self._sleep(THROTTLE_DELAY_SECONDS)
             throttled += THROTTLE_DELAY_SECONDS
         if throttled:
             _LOG.info("sync %s: held a batch back %.1f s because Braze pushed back recently",
                       state.sync.name, throttled)
-            self._report_throttled(throttled)
+            tally.throttled(throttled)
 
     def _report_throttled(self, seconds: float) -> None:
         total = self._throttled_remainder + seconds
@@ -249,10 +306,10 @@ class _BrazeSinkDoFn(beam.DoFn):
             self._throttled_seconds.inc(whole)
 
     def _send(self, state: SyncState, items: List[BrazeItem], budget: Budget,
-              results: List[Tuple[BrazeItem, Optional[Failure]]]) -> None:
+              results: List[Tuple[BrazeItem, Optional[Failure]]], tally: Tally) -> None:
         """Send one request's worth of items until it is settled; append one result per item."""
         params = self._params
-        m = state.metrics
+        m = tally.m
         attempt = 0
         auth_refreshed = False
         ambiguous = False
@@ -260,11 +317,12 @@ class _BrazeSinkDoFn(beam.DoFn):
             attempt += 1
             answer = None
             index_map: dict = {}
-            if attempt > 1 and state.throttler is not None:
+            if attempt > 1:
                 # A retry is a request too: count it in the throttler's history (the answer
                 # is ignored, the retry was already delayed by backoff).
-                state.throttler.throttle_request(self._clock() * 1000.0)
+                state.pushed_back(self._clock() * 1000.0)
             client, key_error = state.client_or_error()
+            key_version = state.version_in_use()
             if key_error is not None and key_error.permanent:
                 _LOG.error("sync %s: cannot read the Braze API key: %s", state.sync.name, key_error)
                 self._fail_all(results, items, Failure(API_KEY_UNAVAILABLE, str(key_error), None, attempt - 1))
@@ -281,8 +339,8 @@ class _BrazeSinkDoFn(beam.DoFn):
                 except TransportError as e:
                     answer = e
                 verdict = classify(answer)
-                if state.throttler is not None and verdict.action != bc.RETRY:
-                    state.throttler.successful_request(self._clock() * 1000.0)
+                if verdict.action != bc.RETRY:
+                    state.answered(self._clock() * 1000.0)
 
             if verdict.action == bc.OK:
                 failed = item_failures(verdict, index_map, attempt)
@@ -298,8 +356,8 @@ class _BrazeSinkDoFn(beam.DoFn):
                 middle = len(items) // 2
                 _LOG.info("sync %s: Braze answered %s for %d objects; sending halves",
                           state.sync.name, verdict.http_status, len(items))
-                self._send(state, items[:middle], budget, results)
-                self._send(state, items[middle:], budget, results)
+                self._send(state, items[:middle], budget, results, tally)
+                self._send(state, items[middle:], budget, results, tally)
                 return
             if verdict.action == bc.REJECT:
                 failed = item_failures(verdict, index_map, attempt)
@@ -310,7 +368,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             if verdict.action == bc.FAIL:
                 if verdict.reason == bc.BRAZE_AUTH:
                     m.auth_failures.inc()
-                    if not auth_refreshed and state.refresh_key():
+                    if not auth_refreshed and state.refresh_key(key_version):
                         auth_refreshed = True
                         _LOG.warning("sync %s: Braze answered 401; the key changed since it was read, "
                                      "retrying once with the new one", state.sync.name)
@@ -354,7 +412,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                 self._sleep(wait)
                 budget.waited += wait
                 if verdict.rate_limited:
-                    self._report_throttled(wait)
+                    tally.throttled(wait)
 
     @staticmethod
     def _fail_all(results, items, failure: Failure) -> None:

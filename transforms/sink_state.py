@@ -1,9 +1,12 @@
 """What the Braze sink (``transforms.sink``) keeps while it runs, apart from the retry policy.
 
-* ``SyncState``: one sync's API key, client, throttler and metrics inside one DoFn instance,
+* ``SyncState``: one sync's API key, clients, throttler and metrics inside one DoFn instance,
   and the rules for reading the key (lazily, not again for a while after a permanent error,
-  re-read at most once a minute after a 401).
-* ``SyncMetrics``: that sync's counters, named ``<sync>.<metric>`` in namespace ``braze``.
+  re-read at most once a minute after a 401). Safe to share between the sink's sending
+  threads: each thread gets its own client (one HTTP session per thread), the key and the
+  throttler change under a lock.
+* ``SyncMetrics``: that sync's counters, named ``<sync>.<metric>`` in namespace ``braze``;
+  ``RecordedMetrics`` stands in for them in a sending thread (below).
 * ``Budget``: the retry time one input batch has used.
 * ``Failure`` and ``item_failures``: why an object was not delivered, and the objects Braze
   named in a 2xx or 400 answer's ``errors[]`` traced back to their place in the batch.
@@ -15,6 +18,7 @@ and sessions stay on the worker that read them. This module only holds them; the
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
@@ -26,8 +30,8 @@ from transforms.braze_client import BrazeClient
 from transforms.secrets import SecretError
 
 __all__ = ["METRICS_NAMESPACE", "KEY_REFRESH_MIN_SECONDS", "KEY_ERROR_RETRY_SECONDS", "THROTTLE_WINDOW_MS",
-           "THROTTLE_BUCKET_MS", "THROTTLE_OVERLOAD_RATIO", "Failure", "Budget", "SyncMetrics", "SyncState",
-           "item_failures"]
+           "THROTTLE_BUCKET_MS", "THROTTLE_OVERLOAD_RATIO", "Failure", "Budget", "SyncMetrics", "RecordedMetrics",
+           "Tally", "SyncState", "item_failures"]
 
 # The sink's logger: these messages are part of the sink's log, whichever module writes them.
 _LOG = logging.getLogger("transforms.sink")
@@ -93,18 +97,62 @@ class SyncMetrics:
         self.delivery_latency_ms = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.delivery_latency_ms")
 
 
+class RecordedMetrics:
+    """``SyncMetrics``' interface for a sending thread.
+
+    Beam attributes a metric update to the bundle of the thread that makes it, and drops
+    updates made on other threads. So a sending thread records ``m.<metric>.inc(n)`` and
+    ``.update(v)`` here, and the bundle's thread ``replay``s them into the real metrics."""
+
+    def __init__(self):
+        self.updates: List[Tuple[str, str, float]] = []
+
+    def __getattr__(self, metric: str) -> "_RecordedMetric":
+        if metric.startswith("_"):
+            raise AttributeError(metric)
+        return _RecordedMetric(self.updates, metric)
+
+    def replay(self, metrics: SyncMetrics) -> None:
+        for metric, method, value in self.updates:
+            getattr(getattr(metrics, metric), method)(value)
+
+
+class _RecordedMetric:
+    __slots__ = ("_updates", "_name")
+
+    def __init__(self, updates, name):
+        self._updates, self._name = updates, name
+
+    def inc(self, n=1) -> None:
+        self._updates.append((self._name, "inc", n))
+
+    def update(self, value) -> None:
+        self._updates.append((self._name, "update", value))
+
+
+class Tally:
+    """Where one batch's metric updates go: the sync's ``SyncMetrics`` when it is sent on the
+    bundle's thread; a ``RecordedMetrics`` (and a list of waits) replayed there when it is sent
+    on the pool. ``throttled(seconds)`` reports time spent held back by Braze."""
+
+    def __init__(self, metrics, report_throttled: Callable[[float], None]):
+        self.m = metrics
+        self.throttled = report_throttled
+
+
 class SyncState:
-    """One sync's key, client, throttler and metrics inside one DoFn instance.
+    """One sync's key, clients, throttler and metrics inside one DoFn instance.
 
     ``resolve_key`` and ``clock`` are the sink's (injectable for tests); the key is read on
     the first request, not at construction, so a DoFn that never sees a sync never reads its
-    secret."""
+    secret. Every sending thread has its own client; a key read again after a 401 bumps
+    ``key_version``, and each thread replaces its client before its next request."""
 
     def __init__(self, sync: Sync, adaptive_throttling: bool, timeout_seconds: float,
                  resolve_key: Callable[[str], str], clock: Callable[[], float]):
         self.sync = sync
         self.key: Optional[str] = None
-        self.client: Optional[BrazeClient] = None
+        self.key_version = 0
         self.key_error: Optional[SecretError] = None
         self.key_error_until = 0.0
         self.last_auth_refresh: Optional[float] = None
@@ -114,55 +162,95 @@ class SyncState:
         self._timeout_seconds = timeout_seconds
         self._resolve_key = resolve_key
         self._clock = clock
+        self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's (client, key_version)
+        self._clients: List[BrazeClient] = []  # every open client, for close()
+        self._old_keys: List[str] = []  # keys replaced after a 401, still scrubbed from texts
 
     def scrub(self, text: str) -> str:
-        return text.replace(self.key, "***") if self.key and text else text
+        if not text:
+            return text
+        for key in (self.key, *self._old_keys):
+            if key:
+                text = text.replace(key, "***")
+        return text
 
     def close(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            finally:
-                self.client = None
+        with self._lock:
+            clients, self._clients = self._clients, []
+            self._local = threading.local()
+        for client in clients:
+            client.close()
 
     def client_or_error(self) -> Tuple[Optional[BrazeClient], Optional[SecretError]]:
-        """The client, reading the key first if needed; or why the key cannot be read.
+        """This thread's client, reading the key first if needed; or why the key cannot be read.
 
         A permanent error is remembered for ``KEY_ERROR_RETRY_SECONDS`` and returned without
         reading the secret again; a transient one is returned for the caller to retry."""
-        if self.client is not None:
-            return self.client, None
-        now = self._clock()
-        if self.key_error is not None and now < self.key_error_until:
-            return None, self.key_error
-        try:
-            key = self._resolve_key(self.sync.api_key)
-        except SecretError as e:
-            if e.permanent:
-                self.key_error, self.key_error_until = e, now + KEY_ERROR_RETRY_SECONDS
-            return None, e
-        self.key_error = None
-        self.key = key
-        self.client = BrazeClient(self.sync.endpoint, key, self._timeout_seconds)
-        return self.client, None
+        local = self._local
+        client = getattr(local, "client", None)
+        if client is not None and local.version == self.key_version:
+            return client, None
+        with self._lock:
+            if self.key is None:
+                now = self._clock()
+                if self.key_error is not None and now < self.key_error_until:
+                    return None, self.key_error
+                try:
+                    key = self._resolve_key(self.sync.api_key)
+                except SecretError as e:
+                    if e.permanent:
+                        self.key_error, self.key_error_until = e, now + KEY_ERROR_RETRY_SECONDS
+                    return None, e
+                self.key_error = None
+                self.key = key
+            if client is not None:  # made with a key that was replaced since
+                self._clients.remove(client)
+                client.close()
+            client = BrazeClient(self.sync.endpoint, self.key, self._timeout_seconds)
+            self._clients.append(client)
+            local.client, local.version = client, self.key_version
+            return client, None
 
-    def refresh_key(self) -> bool:
-        """Re-read the key after a 401; True if it changed and the client now uses it."""
-        now = self._clock()
-        if self.last_auth_refresh is not None and now - self.last_auth_refresh < KEY_REFRESH_MIN_SECONDS:
+    def version_in_use(self) -> int:
+        """The key version of this thread's client (after ``client_or_error``)."""
+        return getattr(self._local, "version", self.key_version)
+
+    def refresh_key(self, version_in_use: int) -> bool:
+        """After a 401 with the key of ``version_in_use``: True if there is another key to try
+        (another thread already read a new one, or it changed in the secret now)."""
+        with self._lock:
+            if self.key_version != version_in_use:
+                return True
+            now = self._clock()
+            if self.last_auth_refresh is not None and now - self.last_auth_refresh < KEY_REFRESH_MIN_SECONDS:
+                return False
+            self.last_auth_refresh = now
+            try:
+                key = self._resolve_key(self.sync.api_key)
+            except SecretError as e:
+                _LOG.warning("sync %s: could not re-read the API key after a 401: %s", self.sync.name, e)
+                return False
+            if key == self.key:
+                return False
+            if self.key:
+                self._old_keys.append(self.key)
+            self.key = key
+            self.key_version += 1
+            return True
+
+    def pushed_back(self, now_ms: float) -> bool:
+        """The adaptive throttler's verdict on one more request (False when it is off)."""
+        if self.throttler is None:
             return False
-        self.last_auth_refresh = now
-        try:
-            key = self._resolve_key(self.sync.api_key)
-        except SecretError as e:
-            _LOG.warning("sync %s: could not re-read the API key after a 401: %s", self.sync.name, e)
-            return False
-        if key == self.key:
-            return False
-        self.close()
-        self.key = key
-        self.client = BrazeClient(self.sync.endpoint, key, self._timeout_seconds)
-        return True
+        with self._lock:
+            return self.throttler.throttle_request(now_ms)
+
+    def answered(self, now_ms: float) -> None:
+        """Tell the throttler a request was answered without pushback."""
+        if self.throttler is not None:
+            with self._lock:
+                self.throttler.successful_request(now_ms)
 
 
 def item_failures(verdict: bc.Verdict, index_map, attempt: int) -> Dict[int, Failure]:
