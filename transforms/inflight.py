@@ -1,4 +1,5 @@
-"""Which Braze requests may be in flight together: the sink's scheduling rule, without threads.
+"""Which Braze requests may be in flight together (``InFlight``, pure), and a thread-pool
+runner that keeps to it for the sink (``Sender``).
 
 Braze applies one request's objects in order but does not order separate requests
 (braze-api.md §6): two requests in flight for one user could land out of order, and an older
