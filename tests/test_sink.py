@@ -414,6 +414,7 @@ def test_requests_overlap_up_to_the_limit_but_never_for_one_user(sim, braze):
     assert metrics["s1.objects_delivered"] == 20
     starts = [(r["received_at"], r["received_at"] + latency) for r in requests]
     assert 2 <= _overlaps(starts) <= 4  # several at once, never more than the limit
+    assert not _SLEEPS  # no pushback from Braze: nothing held back (requests in flight are not pushback)
 
     def sent_at(n):
         [r] = [r for r in requests if {"external_id": "shared", "n": n} in

@@ -341,6 +341,8 @@ class _BrazeSinkDoFn(beam.DoFn):
                 verdict = classify(answer)
                 if verdict.action != bc.RETRY:
                     state.answered(self._clock() * 1000.0)
+                else:
+                    state.pushback(self._clock() * 1000.0)
 
             if verdict.action == bc.OK:
                 failed = item_failures(verdict, index_map, attempt)

@@ -166,6 +166,7 @@ class SyncState:
         self._local = threading.local()  # this thread's (client, key_version)
         self._clients: List[BrazeClient] = []  # every open client, for close()
         self._old_keys: List[str] = []  # keys replaced after a 401, still scrubbed from texts
+        self._last_pushback_ms: Optional[float] = None
 
     def scrub(self, text: str) -> str:
         if not text:
@@ -240,17 +241,28 @@ class SyncState:
             return True
 
     def pushed_back(self, now_ms: float) -> bool:
-        """The adaptive throttler's verdict on one more request (False when it is off)."""
+        """The adaptive throttler's verdict on one more request (False when it is off).
+
+        The request is always counted, but held back only if Braze pushed back within the
+        throttler's window: the throttler counts a request not yet answered as not accepted,
+        so requests in flight together would otherwise hold each other back at start-up."""
         if self.throttler is None:
             return False
         with self._lock:
-            return self.throttler.throttle_request(now_ms)
+            throttle = self.throttler.throttle_request(now_ms)
+            return throttle and self._last_pushback_ms is not None and \
+                now_ms - self._last_pushback_ms < THROTTLE_WINDOW_MS
 
     def answered(self, now_ms: float) -> None:
         """Tell the throttler a request was answered without pushback."""
         if self.throttler is not None:
             with self._lock:
                 self.throttler.successful_request(now_ms)
+
+    def pushback(self, now_ms: float) -> None:
+        """Braze pushed a request back (429, 5xx, timeout, dropped connection)."""
+        with self._lock:
+            self._last_pushback_ms = now_ms
 
 
 def item_failures(verdict: bc.Verdict, index_map, attempt: int) -> Dict[int, Failure]:
