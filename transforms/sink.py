@@ -290,7 +290,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         if state.throttler is None:
             return
         throttled = 0.0
-        while throttled < MAX_THROTTLE_SECONDS_PER_BATCH and state.pushed_back(self._clock() * 1000.0):
+        while throttled < MAX_THROTTLE_SECONDS_PER_BATCH and state.hold_back(self._clock() * 1000.0):
             self._sleep(THROTTLE_DELAY_SECONDS)
             throttled += THROTTLE_DELAY_SECONDS
         if throttled:
@@ -320,7 +320,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             if attempt > 1:
                 # A retry is a request too: count it in the throttler's history (the answer
                 # is ignored, the retry was already delayed by backoff).
-                state.pushed_back(self._clock() * 1000.0)
+                state.hold_back(self._clock() * 1000.0)
             client, key_error = state.client_or_error()
             key_version = state.version_in_use()
             if key_error is not None and key_error.permanent:
@@ -342,7 +342,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                 if verdict.action != bc.RETRY:
                     state.answered(self._clock() * 1000.0)
                 else:
-                    state.pushback(self._clock() * 1000.0)
+                    state.note_pushback(self._clock() * 1000.0)
 
             if verdict.action == bc.OK:
                 failed = item_failures(verdict, index_map, attempt)

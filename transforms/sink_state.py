@@ -240,8 +240,8 @@ class SyncState:
             self.key_version += 1
             return True
 
-    def pushed_back(self, now_ms: float) -> bool:
-        """The adaptive throttler's verdict on one more request (False when it is off).
+    def hold_back(self, now_ms: float) -> bool:
+        """Whether to hold one more request back (the adaptive throttler; False when it is off).
 
         The request is always counted, but held back only if Braze pushed back within the
         throttler's window: the throttler counts a request not yet answered as not accepted,
@@ -259,7 +259,7 @@ class SyncState:
             with self._lock:
                 self.throttler.successful_request(now_ms)
 
-    def pushback(self, now_ms: float) -> None:
+    def note_pushback(self, now_ms: float) -> None:
         """Braze pushed a request back (429, 5xx, timeout, dropped connection)."""
         with self._lock:
             self._last_pushback_ms = now_ms
