@@ -16,8 +16,8 @@ from transforms.cohorts.lookup import classify_lookup, known_keys, lookup_bodies
 from transforms.cohorts.records import ADD, REMOVE, Change
 from transforms.cohorts.state import StateStore
 from tests.test_cohort_sync import (  # noqa: F401 - sim is a fixture
-    COHORT, FIRST, SECOND, _attribute_members, _config, _cohort_requests, _lookups, _members, _run, _sent,
-    _snapshot, _target, sim,
+    COHORT, FIRST, SECOND, _alias_and_device_targets, _attribute_members, _config, _cohort_requests, _lookups,
+    _members, _run, _sent, _snapshot, _target, sim,
 )
 
 FIELDS = ["external_id", "user_aliases", "braze_id"]
@@ -133,13 +133,7 @@ def test_a_remove_of_a_user_braze_does_not_know_is_skipped_and_forgotten(sim, tm
 @pytest.mark.integration
 def test_alias_and_device_id_mappings_are_checked(sim, tmp_path):
     client = sim.client()
-    client.seed_users({"user_aliases": [{"alias_name": "a@x.io", "alias_label": "email"}]},
-                      {"device_ids": ["anon-1"]})
-    config = _config(
-        _target(sim, name="Aliases", mapping={"type": "user_alias", "alias_label": "email", "alias_source": "email"}),
-        _target(sim, name="Devices", mapping={"type": "device_id"}, partner="amplitude-dev"))
-    columns = ("amplitude_id", "user_id", "device_id", "email")
-    snapshot = _snapshot(tmp_path, "1.csv", [(1, "", "anon-1", "a@x.io"), (2, "", "anon-2", "b@x.io")], columns)
+    config, snapshot = _alias_and_device_targets(sim, tmp_path, second_email="b@x.io")
     for name, unknown in (("sync-0", "b@x.io"), ("sync-1", "anon-2")):
         _, outcome = _run(config, name, tmp_path / "state", snapshot)
         assert outcome.status == "success"

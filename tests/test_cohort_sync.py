@@ -256,15 +256,23 @@ def test_partner_requests_carry_at_most_1000_ids(sim, tmp_path):
     assert len(lookups) == sum(-(-size // 50) for size in sizes)  # 1 lookup per 50 ids of each request
 
 
-def test_alias_and_device_id_mappings(sim, tmp_path):
-    client = sim.client()
-    client.seed_users({"user_aliases": [{"alias_name": "a@x.io", "alias_label": "email"}]},
-                      {"device_ids": ["anon-1"]})
+def _alias_and_device_targets(sim, tmp_path, second_email):
+    """Braze knows the alias a@x.io (label email) and the device anon-1; sync-0 maps users by
+    that alias, sync-1 by device id; the snapshot holds them and a second user (anon-2,
+    ``second_email``). Returns (config, snapshot)."""
+    sim.client().seed_users({"user_aliases": [{"alias_name": "a@x.io", "alias_label": "email"}]},
+                            {"device_ids": ["anon-1"]})
     config = _config(
         _target(sim, name="Aliases", mapping={"type": "user_alias", "alias_label": "email", "alias_source": "email"}),
         _target(sim, name="Devices", mapping={"type": "device_id"}, partner="amplitude-dev"))
     columns = ("amplitude_id", "user_id", "device_id", "email")
-    snapshot = _snapshot(tmp_path, "1.csv", [(1, "", "anon-1", "a@x.io"), (2, "", "anon-2", "")], columns)
+    rows = [(1, "", "anon-1", "a@x.io"), (2, "", "anon-2", second_email)]
+    return config, _snapshot(tmp_path, "1.csv", rows, columns)
+
+
+def test_alias_and_device_id_mappings(sim, tmp_path):
+    client = sim.client()
+    config, snapshot = _alias_and_device_targets(sim, tmp_path, second_email="")
     for name in ("sync-0", "sync-1"):
         _, outcome = _run(config, name, tmp_path / "state", snapshot)
         assert outcome.status == "success"
