@@ -24,6 +24,7 @@ import yaml
 from local.accounting import Reconciler, event_sources
 from local.braze_sim import BrazeSimulator, SimClient
 from local.pubsub_emulator import PubSubEmulator
+from transforms.dead_letters import sources_of
 
 
 class JobFailed(RuntimeError):
@@ -136,7 +137,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
         return self.reconciler.totals()
 
     def _dead_letters_missing(self) -> bool:
-        lettered = {s for m in self.dead_letters for s in orjson.loads(m.data)["sources"]}
+        lettered = {s for m in self.dead_letters for s in sources_of(m.attributes)}
         return any(source not in lettered for source in self.reconciler.dead_lettered_sources())
 
     def log_text(self) -> bytes:

@@ -1,8 +1,7 @@
 """The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
 
     messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track items ──────────────┐
-                │                                        └─ identify work → Identify ─┤
-                └─ replayed Braze dead letters ───────────────────────────────────────┴→ PackRequests
+                                                         └─ identify work → Identify ─┴→ PackRequests
                                                                                           → WriteToBraze
     outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
     dead letters:  parse failures + objects Braze did not take
@@ -77,7 +76,7 @@ class EventsToBraze(beam.PTransform):
         identified = identify_work | "Identify" >> beam.ParDo(IdentifyDoFn(selected, **self._identify)).with_outputs(
             IDENTIFY_OUTCOMES, main="attributes"
         )
-        objects = (routed.track, identified.attributes, parsed.replay) | "AllObjects" >> beam.Flatten()
+        objects = (routed.track, identified.attributes) | "AllObjects" >> beam.Flatten()
         written = (
             objects
             | "PackRequests" >> PackRequests(**self._pack)

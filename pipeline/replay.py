@@ -3,12 +3,12 @@
     python -m pipeline.replay --dead_letter_subscription=projects/P/subscriptions/S \\
         --input_topic=projects/P/topics/T [--reason=R ...] [--sync=S ...] [--stage=parse|braze] [--dry_run]
 
-- Stage ``parse``: the dead letter's payload is the original message text; it is published
-  as it was, so the job parses it again (after you fixed the publisher, or the job).
-- Stage ``braze``: the payload is the Braze object that failed. It is published with the
-  attribute ``amplitude_braze_replay=braze`` and goes straight to that sync's requests: the
-  identify state already counted it as sent, so replaying the Amplitude event would not
-  resend it.
+- ``payload_type=input_event`` (stage ``parse`` and other failures before a Braze object
+  existed): the data is the event's input bytes; it is published as it was, so the job parses
+  it again (after you fixed the publisher, or the job).
+- ``payload_type=braze_object``: the data is the Braze object that failed. It is left in place
+  for now: Braze objects are replayed only through a source the operator controls, never the
+  input topic, whose attributes any publisher could set.
 
 A dead letter is acknowledged only after its replay was published; the ones not chosen are
 released for later. Nothing is moved with ``--dry_run``.
@@ -20,21 +20,16 @@ import collections
 import sys
 from typing import List, Optional
 
-import orjson
-
 from pipeline.options import SUBSCRIPTION_RE, TOPIC_RE
-from transforms.parse import REPLAY_ATTRIBUTE
+from transforms.records import INPUT_EVENT
 
 PULL_BATCH = 500
 
 
-def replay_message(letter: dict):
+def replay_message(data: bytes, attributes: dict):
     """``(data, attributes)`` to publish for one dead letter, or None if it cannot be replayed."""
-    payload = letter.get("payload")
-    if letter.get("stage") == "parse" and isinstance(payload, str):
-        return payload.encode("utf-8"), {"replayed_reason": str(letter.get("reason", ""))}
-    if letter.get("stage") == "braze" and isinstance(payload, dict) and letter.get("sync"):
-        return orjson.dumps(letter), {REPLAY_ATTRIBUTE: "braze", "replayed_reason": str(letter.get("reason", ""))}
+    if attributes.get("payload_type") == INPUT_EVENT and attributes.get("data_truncated") != "true":
+        return data, {}
     return None
 
 
@@ -64,13 +59,11 @@ def replay(subscription: str, topic: str, *, reasons=(), syncs=(), stage=None, d
             for received in fresh:
                 seen.add(received.message.message_id)
                 counts["read"] += 1
-                try:
-                    letter = orjson.loads(received.message.data)
-                    to_publish = replay_message(letter) if chosen(letter, reasons, syncs, stage) else None
-                except (orjson.JSONDecodeError, AttributeError):
-                    letter, to_publish = None, None
-                if letter is None:
+                letter = dict(received.message.attributes)
+                if "stage" not in letter:
                     counts["unreadable"] += 1
+                to_publish = replay_message(received.message.data, letter) if chosen(
+                    letter, reasons, syncs, stage) else None
                 if to_publish is None or dry_run:
                     counts["chosen" if to_publish else "left"] += 1
                     release.append(received.ack_id)

@@ -8,11 +8,12 @@ holds, not against the job's own counters.
 import collections
 import time
 
-import orjson
+
 import pytest
 
 from local.generate import generate_messages
 from local.stack import JobOnLocalStack
+from transforms.dead_letters import sources_of
 from transforms.parse import parse_message
 from transforms.records import iso_from_ms
 
@@ -84,11 +85,11 @@ def _check_accounting(run, totals):
     # ... and nothing is there that the job did not send.
     assert set(held) <= set(delivered) | maybe_applied
 
-    letters = [orjson.loads(m.data) for m in run.dead_letters]
+    letters = [m.attributes for m in run.dead_letters]
     assert all(letter["reason"] and letter["detail"] and letter["stage"] for letter in letters)
-    lettered = {source for letter in letters for source in letter["sources"]}
+    lettered = {source for letter in letters for source in sources_of(letter)}
     assert set(run.reconciler.dead_lettered_sources()) <= lettered
-    blob = b"".join(m.data for m in run.dead_letters) + run.log_text()
+    blob = b"".join(m.data + repr(m.attributes).encode() for m in run.dead_letters) + run.log_text()
     assert run.keys_in(blob) == []
 
 

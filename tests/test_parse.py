@@ -6,6 +6,13 @@ from transforms.parse import ParseError, parse_event_time_ms, parse_message
 from transforms.records import ParsedEvent
 
 
+def _nested(levels):
+    value = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def _parse(data, publish_ms=1_700_000_000_000):
     return list(parse_message(data, "m1", publish_ms))
 
@@ -57,7 +64,8 @@ def test_array_message_gives_one_source_per_event():
         (orjson.dumps({"event_type": "A", "user_id": "u" * 1025}), "id_too_long"),
         (orjson.dumps({"event_type": "A", "user_id": "user-1", "time": 1700000000}), "time_out_of_range"),
         (b'{"event_type": "A", "user_id": "user-1", "time": NaN}', "invalid_json"),
-        (b"[" * 5000 + b"]" * 5000, "invalid_json"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+        (orjson.dumps({"event_type": "A", "user_id": "u", "event_properties": {"p": _nested(65)}}), "too_deep"),
         (b'{"event_type": "A", "user_id": "' + b"x" * (1024 * 1024) + b'"}', "message_too_large"),
     ],
 )
@@ -71,6 +79,7 @@ def test_bad_input_becomes_a_reason_never_an_exception(data, reason):
 def test_one_bad_event_in_an_array_keeps_the_good_ones_and_names_the_bad_one():
     data = orjson.dumps([{"event_type": "A", "user_id": "user-1", "time": 1700000000001}, {"user_id": "user-2"}])
     good, (source, error, payload) = _parse(data)
+    assert payload == orjson.dumps({"user_id": "user-2"})  # its own bytes, as they stand in the message
     assert good.source == "m1/0"
     assert (source, error.reason) == ("m1/1", "missing_event_type")
     assert orjson.loads(payload) == {"user_id": "user-2"}  # the event to replay, not the whole array
@@ -80,3 +89,24 @@ def test_missing_time_without_publish_time_is_an_error():
     with pytest.raises(ParseError) as e:
         parse_event_time_ms({"event_type": "A"}, None)
     assert e.value.reason == "missing_time"
+
+
+def test_an_event_at_the_depth_limit_passes_and_one_level_more_is_refused():
+    at_limit = {"event_type": "A", "user_id": "u", "event_properties": {"p": _nested(62)}}  # 64 levels
+    [event] = _parse(orjson.dumps(at_limit))
+    assert isinstance(event, ParsedEvent)
+    over = {"event_type": "A", "user_id": "u", "event_properties": {"p": _nested(63)}}
+    [(_, error, _)] = _parse(orjson.dumps(over))
+    assert error.reason == "too_deep"
+
+
+def test_each_bad_event_of_an_array_is_dead_lettered_with_its_own_exact_bytes():
+    data = (b'[ {"event_type": "A", "user_id": "u1", "time": 1700000000001} ,\n'
+            b'  {"user_id": "u2", "note": "a ] and a , inside \\" a string"},'
+            b'{"event_type": "B", "user_id": "u3", "event_properties": {"p": ' + orjson.dumps(_nested(70)) + b'}} ]')
+    good, (s1, e1, b1), (s2, e2, b2) = _parse(data)
+    assert good.source == "m1/0"
+    assert (s1, e1.reason) == ("m1/1", "missing_event_type")
+    assert b1 == b'{"user_id": "u2", "note": "a ] and a , inside \\" a string"}'
+    assert (s2, e2.reason) == ("m1/2", "too_deep")
+    assert b2.startswith(b'{"event_type": "B"') and b2.endswith(b"}}") and b2 in data

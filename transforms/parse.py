@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from typing import Iterator, List, Optional, Tuple, Union
 
 import apache_beam as beam
@@ -16,19 +17,12 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from transforms.records import (
-    ATTRIBUTES, DEAD_LETTERED, EVENTS, PURCHASES, BrazeItem, DeadLetter, Outcome, ParsedEvent, utc_now_iso,
-)
+from transforms.guard import INTERNAL_ERROR, Failure, guarded
+from transforms.records import DEAD_LETTERED, DeadLetter, Outcome, ParsedEvent, utc_now_iso
 
 DEAD_LETTER_TAG = "dead_letters"
 OUTCOME_TAG = "outcomes"
-REPLAY_TAG = "replay"
 PARSE_BRANCH = "parse"
-REPLAY_BRANCH = "replay"
-# A message with this attribute set to "braze" is a replayed dead letter of stage braze (see
-# pipeline/replay.py): its data is the dead letter's JSON and its Braze object goes straight
-# to the packer for that sync, past the identify state (which already counted it as sent).
-REPLAY_ATTRIBUTE = "amplitude_braze_replay"
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 # Plausible event times: a `time` outside them is a unit mistake (seconds for milliseconds) or
@@ -38,8 +32,11 @@ MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 # Amplitude's own limits (amplitude.md §1.1): strings ≤ 1024 characters, 1 MB per request.
 MAX_STRING_CHARS = 1024
 MAX_MESSAGE_BYTES = 1024 * 1024
-# A dead letter must fit in one Pub/Sub message (10 MB); a larger payload is cut and says so.
-MAX_DEAD_LETTER_PAYLOAD_CHARS = 8 * 1024 * 1024
+# Deepest nesting of objects and arrays accepted in an event (the event object is level 1).
+# Amplitude documents no limit; Braze reads nested attributes only a few levels deep, and every
+# later stage (coders, the request body encoder) must handle what parse lets through, so an
+# event deeper than this is refused here, with its reason, before it can hurt a later stage.
+MAX_EVENT_DEPTH = 64
 # Ids Amplitude refuses with a 400 (amplitude.md §1.1); compared case-insensitively.
 PLACEHOLDER_IDS = frozenset({
     "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
@@ -140,73 +137,141 @@ def normalise_event(raw, source: str, publish_time_ms: Optional[int]) -> ParsedE
 
 def parse_message(
     data: bytes, message_id: str, publish_time_ms: Optional[int]
-) -> Iterator[Union[ParsedEvent, Tuple[str, ParseError, str]]]:
-    """Yield a ParsedEvent per good event and ``(source, error, payload_text)`` per bad one.
+) -> Iterator[Union[ParsedEvent, Tuple[str, ParseError, bytes]]]:
+    """Yield a ParsedEvent per good event and ``(source, error, event_bytes)`` per bad one.
 
     Sources are ``<message_id>/<index>``; a message that is not even a JSON value counts as one
-    event, ``<message_id>/0``, so every published event has exactly one source.
+    event, ``<message_id>/0``, so every published event has exactly one source. ``event_bytes``
+    is what a replay republishes: the whole message, or, for one event of a JSON array, that
+    event's own bytes exactly as they stand in the message (``array_element_spans``).
     """
     if len(data) > MAX_MESSAGE_BYTES:
-        text = data.decode("utf-8", "replace")
         yield f"{message_id}/0", ParseError(
             "message_too_large", f"the message has {len(data)} bytes; Amplitude sends at most {MAX_MESSAGE_BYTES}"
-        ), text
+        ), data
         return
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
-        yield f"{message_id}/0", ParseError("invalid_encoding", f"the message is not UTF-8: {e}"), data.decode(
-            "utf-8", "replace"
-        )
+        yield f"{message_id}/0", ParseError("invalid_encoding", f"the message is not UTF-8: {e}"), data
         return
     try:
         decoded = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        yield f"{message_id}/0", ParseError("invalid_json", f"the message is not JSON: {e}"), text
+        reason = "too_deep" if "depth" in str(e) else "invalid_json"
+        yield f"{message_id}/0", ParseError(reason, f"the message is not JSON we can read: {e}"), data
         return
     if isinstance(decoded, list):
         if not decoded:
-            yield f"{message_id}/0", ParseError("empty_message", "the message is an empty JSON array"), text
+            yield f"{message_id}/0", ParseError("empty_message", "the message is an empty JSON array"), data
             return
         events: List = decoded
         whole_message = len(events) == 1
     else:
         events = [decoded]
         whole_message = True
+    # Counting brackets is cheap and bounds the depth from above: only a message with more
+    # brackets than the limit needs the exact check, event by event.
+    deep_possible = data.count(b"{") + data.count(b"[") > MAX_EVENT_DEPTH
+    spans = None
     for index, raw in enumerate(events):
         source = f"{message_id}/{index}"
         try:
+            if deep_possible and nesting_depth(raw, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
+                raise ParseError("too_deep", f"the event nests objects or arrays more than {MAX_EVENT_DEPTH} "
+                                 "levels deep; Braze cannot use values that deep")
             yield normalise_event(raw, source, publish_time_ms)
         except ParseError as e:
-            # The payload is what a person would replay: the whole message, or the one bad event.
-            yield source, e, text if whole_message else orjson.dumps(raw).decode()
+            if whole_message:
+                yield source, e, data
+                continue
+            if spans is None:
+                spans = array_element_spans(data, len(events))
+            yield source, e, data[spans[index][0]:spans[index][1]] if spans else data
 
 
-def parse_replay(data: bytes, message_id: str, publish_time_ms: Optional[int]):
-    """A replayed Braze dead letter → the BrazeItem to resend, or ``(source, error, text)``."""
-    source = f"{message_id}/0"
-    text = data.decode("utf-8", "replace")
-    try:
-        letter = orjson.loads(data)
-        obj, sync = letter["payload"], letter["sync"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return source, ParseError("invalid_replay", "a replay message must be a dead letter's JSON "
-                                  "with 'payload' and 'sync'"), text
-    if not isinstance(obj, dict) or not isinstance(sync, str) or not sync:
-        return source, ParseError("invalid_replay", "the replayed dead letter has no Braze object or sync"), text
-    if "product_id" in obj:
-        kind = PURCHASES
-    elif "name" in obj and "time" in obj:
-        kind = EVENTS
-    else:
-        kind = ATTRIBUTES
-    user = obj.get("external_id") or obj.get("braze_id") or orjson.dumps(obj.get("user_alias")).decode()
-    return BrazeItem(sync, str(user), kind, obj, (source,), REPLAY_BRANCH, publish_time_ms)
+def nesting_depth(value, limit: int) -> int:
+    """Levels of objects and arrays in ``value`` (a scalar is 0), counting no further than
+    ``limit + 1``; iterative, so no input can exhaust the stack."""
+    if not isinstance(value, (dict, list)):
+        return 0
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return deepest
+
+
+# A JSON string (quotes and escapes inside it), or one of the structural characters.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+_JSON_SPACE = b" \t\n\r"
+
+
+def array_element_spans(data: bytes, count: int) -> Optional[List[Tuple[int, int]]]:
+    """``(start, end)`` of each element of the top-level JSON array in ``data``, whitespace
+    excluded, or None if they cannot be found (never expected for JSON orjson accepted).
+
+    Only called for a message that has a bad event beside good ones, so its cost is paid on
+    the failure path alone."""
+    spans: List[Tuple[int, int]] = []
+    depth = 0
+    start = None
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token[:1] == b'"':
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth == 1:
+                start = match.end()
+        elif token in (b"]", b"}"):
+            if depth == 1 and start is not None:
+                spans.append(_strip(data, start, match.start()))
+                break
+            depth -= 1
+        elif depth == 1 and start is not None:  # a comma between elements
+            spans.append(_strip(data, start, match.start()))
+            start = match.end()
+    return spans if len(spans) == count else None
+
+
+def _strip(data: bytes, start: int, end: int) -> Tuple[int, int]:
+    while start < end and data[start] in _JSON_SPACE:
+        start += 1
+    while end > start and data[end - 1] in _JSON_SPACE:
+        end -= 1
+    return start, end
 
 
 def fallback_message_id(data: bytes) -> str:
     """For messages without a Pub/Sub id (files, tests): stable, from the content."""
     return "sha1-" + hashlib.sha1(data).hexdigest()[:16]
+
+
+def _failed_message(dofn, message, failure: Failure):
+    """``guarded``'s fallback: the whole message, unchanged, as one dead letter."""
+    data, message_id, _ = _unpack(message)
+    source = f"{message_id}/0"
+    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+        stage="parse", reason=INTERNAL_ERROR, detail=failure.detail, sync="", data=data,
+        failed_at=utc_now_iso(), sources=(source,), error_class=failure.error_class))
+    yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, "", PARSE_BRANCH, DEAD_LETTERED, INTERNAL_ERROR))
+
+
+def _unpack(message) -> Tuple[bytes, str, Optional[dict]]:
+    if isinstance(message, (bytes, bytearray)):
+        data, message_id, attributes = bytes(message), None, None
+    else:  # PubsubMessage
+        data, message_id, attributes = bytes(message.data or b""), message.message_id, message.attributes
+    return data, message_id or fallback_message_id(data), attributes
 
 
 class _ParseDoFn(beam.DoFn):
@@ -215,46 +280,26 @@ class _ParseDoFn(beam.DoFn):
         self._events = Metrics.counter("parse", "events_in")
         self._dead = Metrics.counter("parse", "dead_lettered")
 
+    @guarded("parse", _failed_message)
     def process(self, message, timestamp=beam.DoFn.TimestampParam):
         self._messages.inc()
-        if isinstance(message, (bytes, bytearray)):
-            data, message_id, attributes = bytes(message), None, None
-        else:  # PubsubMessage
-            data, message_id, attributes = message.data or b"", message.message_id, message.attributes
-        message_id = message_id or fallback_message_id(data)
+        data, message_id, _ = _unpack(message)
         publish_time_ms = int(timestamp.micros // 1000) if timestamp is not None and timestamp.micros > 0 else None
-        if attributes and attributes.get(REPLAY_ATTRIBUTE) == "braze":
-            results = [parse_replay(data, message_id, publish_time_ms)]
-        else:
-            results = parse_message(data, message_id, publish_time_ms)
-        for result in results:
+        for result in parse_message(data, message_id, publish_time_ms):
             self._events.inc()
             if isinstance(result, ParsedEvent):
                 yield result
                 continue
-            if isinstance(result, BrazeItem):
-                yield pvalue.TaggedOutput(REPLAY_TAG, result)
-                continue
-            source, error, payload = result
-            if len(payload) > MAX_DEAD_LETTER_PAYLOAD_CHARS:
-                payload = payload[:MAX_DEAD_LETTER_PAYLOAD_CHARS]
-                error.detail += f" (payload cut to its first {MAX_DEAD_LETTER_PAYLOAD_CHARS} characters)"
+            source, error, event_bytes = result
             self._dead.inc()
-            yield pvalue.TaggedOutput(
-                DEAD_LETTER_TAG,
-                DeadLetter(
-                    stage="parse", reason=error.reason, detail=error.detail, sync="", payload=payload,
-                    failed_at=utc_now_iso(), sources=(source,),
-                ),
-            )
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                stage="parse", reason=error.reason, detail=error.detail, sync="", data=event_bytes,
+                failed_at=utc_now_iso(), sources=(source,)))
             yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, "", PARSE_BRANCH, DEAD_LETTERED, error.reason))
 
 
 class ParseEvents(beam.PTransform):
-    """Pub/Sub messages (or raw bytes) → ParsedEvent; tags ``dead_letters``, ``outcomes`` and
-    ``replay`` (BrazeItems of replayed Braze dead letters)."""
+    """Pub/Sub messages (or raw bytes) → ParsedEvent; tags ``dead_letters`` and ``outcomes``."""
 
     def expand(self, messages):
-        return messages | "Parse" >> beam.ParDo(_ParseDoFn()).with_outputs(
-            DEAD_LETTER_TAG, OUTCOME_TAG, REPLAY_TAG, main="events"
-        )
+        return messages | "Parse" >> beam.ParDo(_ParseDoFn()).with_outputs(DEAD_LETTER_TAG, OUTCOME_TAG, main="events")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 from typing import Any, NamedTuple, Optional, Tuple
 
-import orjson
 
 # Braze's three arrays in a /users/track body, in the order Braze applies them.
 ATTRIBUTES = "attributes"
@@ -21,6 +20,10 @@ KINDS = (ATTRIBUTES, EVENTS, PURCHASES)
 # Branches of the job; each accounts for every event it sees, per sync.
 IDENTIFY = "identify"
 TRACK = "track"
+
+# What a dead letter's data is, and so where a replay sends it.
+INPUT_EVENT = "input_event"  # bytes as they came in: back to the input topic
+BRAZE_OBJECT = "braze_object"  # a Braze object as JSON: to the operator's replay topic
 
 # Outcome statuses.
 DELIVERED = "delivered"
@@ -63,38 +66,25 @@ class Outcome(NamedTuple):
 class DeadLetter(NamedTuple):
     """Something the job could not deliver, with what a person needs to act on it.
 
-    ``payload`` is the original message text (stage ``parse``) or the Braze object that
-    failed (stage ``braze``). It never holds an API key.
+    ``data`` is exactly what a replay republishes: the input bytes of the event that failed
+    (the whole message, or the event's own bytes inside a JSON array message), or the Braze
+    object that failed, as JSON. ``transforms.dead_letters`` turns it into one Pub/Sub message:
+    ``data`` unchanged as the message data, everything else as attributes. It never holds an
+    API key: producers scrub ``detail`` (``transforms.scrub``).
     """
 
-    stage: str
-    reason: str  # short stable code: invalid_json, missing_event_type, braze_rejected, ...
+    stage: str  # parse, dedup, route, identify, pack, braze, replay, ...
+    reason: str  # short stable code: invalid_json, too_deep, braze_rejected, internal_error, ...
     detail: str  # human-readable explanation
     sync: str  # "" when the failure happened before the fan-out to syncs
-    payload: Any
+    data: bytes
+    payload_type: str = INPUT_EVENT  # INPUT_EVENT | BRAZE_OBJECT: where a replay sends ``data``
     http_status: Optional[int] = None
     attempts: int = 0
     failed_at: str = ""
     sources: Tuple[str, ...] = ()
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "stage": self.stage,
-                "reason": self.reason,
-                "detail": self.detail,
-                "sync": self.sync,
-                "http_status": self.http_status,
-                "attempts": self.attempts,
-                "failed_at": self.failed_at or utc_now_iso(),
-                "payload": self.payload,
-                "sources": list(self.sources),
-            },
-            default=str,
-        )
-
-    def attributes(self) -> dict:
-        return {"stage": self.stage, "reason": self.reason, "sync": self.sync}
+    kind: str = ""  # ATTRIBUTES | EVENTS | PURCHASES for a Braze object
+    error_class: str = ""  # the exception's class, for reason internal_error
 
 
 def utc_now_iso() -> str:

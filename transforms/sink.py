@@ -39,6 +39,7 @@ import urllib.parse
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -46,7 +47,7 @@ from pipeline.config import Sync
 from transforms import braze_client as bc
 from transforms.braze_client import TransportError, backoff_seconds, build_track_body, classify, retry_wait_seconds
 from transforms.inflight import Sender, windowed
-from transforms.records import DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, utc_now_iso
+from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, utc_now_iso
 from transforms.secrets import is_reference, resolve_api_key
 from transforms.sink_state import METRICS_NAMESPACE, Budget, Failure, RecordedMetrics, SyncState, Tally, \
     item_failures
@@ -438,8 +439,8 @@ class _BrazeSinkDoFn(beam.DoFn):
             if m is not None:
                 m.objects_dead_lettered.inc()
             yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                stage=STAGE, reason=failure.reason, detail=detail, sync=it.sync, payload=it.obj,
-                http_status=failure.http_status, attempts=failure.attempts, failed_at=failed_at,
-                sources=tuple(it.sources)))
+                stage=STAGE, reason=failure.reason, detail=detail, sync=it.sync, data=orjson.dumps(it.obj),
+                payload_type=BRAZE_OBJECT, kind=it.kind, http_status=failure.http_status,
+                attempts=failure.attempts, failed_at=failed_at, sources=tuple(it.sources)))
             for source in it.sources:
                 yield Outcome(source, it.sync, it.branch, DEAD_LETTERED, failure.reason)
