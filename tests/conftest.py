@@ -5,11 +5,13 @@ import uuid
 import pytest
 
 from local.pubsub_emulator import EmulatorUnavailable, PubSubEmulator
-from pipeline.local_runner import without_fnapi_state_cache
+from pipeline.local_runner import faster_bundle_based_direct_runner, without_fnapi_state_cache
 
 # The bounded tests run on the in-process FnApiRunner; run its user state as Dataflow's SDK
-# harness does (no cache), which is also 4x faster here (pipeline/local_runner.py).
+# harness does (no cache), which is also 4x faster here (pipeline/local_runner.py). The
+# streaming ones run on the BundleBasedDirectRunner, without two of its per-bundle costs.
 without_fnapi_state_cache()
+faster_bundle_based_direct_runner()
 
 
 @pytest.fixture(scope="session")
