@@ -19,6 +19,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.transforms import core as beam_core
 from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindow
@@ -364,11 +365,16 @@ class PureJob:
                 if out.tag == IDENTIFY_TAG:
                     work.append(out.value)
             else:
-                track.append(out)
+                track.extend(out.items)
         return track, work
 
     def identify_work(self, work) -> List[BrazeItem]:
-        return [out for out in self.identify.process(work) if not isinstance(out, pvalue.TaggedOutput)]
+        """The objects of the user's batch: the attribute update, then the event's own objects."""
+        items: List[BrazeItem] = []
+        for out in self.identify.process(work):
+            if isinstance(out, TimestampedValue):
+                items.extend(out.value.items)
+        return items
 
     def event_items(self, parsed: ParsedEvent) -> List[BrazeItem]:
         """Every Braze object one event gives, attributes first (as Braze applies them)."""
@@ -386,7 +392,7 @@ def pack_requests(items: Sequence[BrazeItem], shards: int = 4) -> List[List[Braz
     Braze's limits (without the time bound, which only ever makes requests smaller)."""
     by_key: Dict[str, List[BrazeItem]] = collections.defaultdict(list)
     for item in items:
-        by_key[shard_key(item, shards)].append(item)
+        by_key[shard_key(item.sync, item.user_key, shards)].append(item)
     limits = RequestLimits("combined")
     return [batch for key in sorted(by_key) for batch in pack(by_key[key], limits)]
 

@@ -20,7 +20,6 @@ import orjson
 from bench.common import Corpus, PureJob, all_requests, bench_key, bench_syncs, encode_requests, pack_requests, \
     simulator
 from transforms.braze_client import BrazeClient
-from transforms.identify import without_meta
 
 
 def attribute_points(client) -> dict:
@@ -87,7 +86,7 @@ def pure_points(corpus: Corpus, log_dir: str, stateless: bool, log=print) -> dic
                 for w in work:
                     items.extend(job.identify_work(w))
         if stateless:  # sent as they come: no merging of a user's updates within a request
-            items = [without_meta(item) for item in items]
+            items = [item._replace(before=None) for item in items]
         bodies = encode_requests(pack_requests(items))
         with BrazeClient(sim.url, sim.key, timeout_seconds=30) as braze:
             for body in bodies:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from bench.common import Corpus, PureJob, bench_syncs, encode_requests, events_in, simulator
 from transforms.braze_client import BrazeClient
-from transforms.identify import without_meta
 
 
 def run(corpus: Corpus, log_dir: str, events: int = 2000, log=print) -> dict:
@@ -19,7 +18,7 @@ def run(corpus: Corpus, log_dir: str, events: int = 2000, log=print) -> dict:
             for _, items in job.message_items(data, f"m{i}"):
                 by_sync = {}
                 for item in items:
-                    by_sync.setdefault(item.sync, []).append(without_meta(item))
+                    by_sync.setdefault(item.sync, []).append(item)
                 bodies.extend(encode_requests(list(by_sync.values())))
         sent_events = sum(events_in(m) for m in messages)
         with BrazeClient(sim.url, sim.key, timeout_seconds=30) as braze:

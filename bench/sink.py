@@ -9,6 +9,7 @@ In flight is read from the simulator's request log: request *i* occupies
 from __future__ import annotations
 
 import time
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -17,6 +18,7 @@ from bench.common import (
     MAX_OBJECTS, Corpus, PureJob, all_requests, bench_key, bench_syncs, job_default, objects_in, simulator,
 )
 from transforms.batching import RequestLimits, pack
+from transforms.records import Request
 from transforms.sink import WriteToBraze
 
 RUNNER = "FnApiRunner"
@@ -24,8 +26,9 @@ MORE_IN_FLIGHT = 4  # also measured, when the job's default is lower
 
 
 def full_batches(corpus: Corpus, count: int, syncs):
-    """Up to ``count`` batches of 75 real objects (one sync each), as PackRequests emits them:
-    ``(key, [BrazeItem, ...])``."""
+    """Up to ``count`` requests of 75 real objects (one sync each), as PackRequests emits them:
+    ``(key, Request)``, each its own batch key (so the sink's order per key does not serialise
+    them, as the job's shards do not)."""
     job = PureJob(syncs)
     by_sync = {}
     needed = (count + len(syncs)) * MAX_OBJECTS
@@ -38,9 +41,10 @@ def full_batches(corpus: Corpus, count: int, syncs):
         if total >= needed:
             break
     limits = RequestLimits("combined")
-    batches = [(f"{sync}#bench", batch) for sync, items in by_sync.items() for batch in pack(items, limits)]
+    batches = [(sync, batch) for sync, items in by_sync.items() for batch in pack(items, limits)]
     batches.sort(key=lambda kb: -len(kb[1]))  # full ones first
-    return batches[:count]
+    return [(f"{sync}#bench{i}", Request(f"{sync}#bench{i}", 0, tuple(batch)))
+            for i, (sync, batch) in enumerate(batches[:count])]
 
 
 def max_overlap(intervals) -> int:
@@ -94,7 +98,8 @@ def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, 
 def _send(work, syncs, in_flight: int, client):
     started = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(flags=[], runner=RUNNER)) as p:
-        p | "Batches" >> beam.Create(work) | "WriteToBraze" >> WriteToBraze(syncs, max_in_flight=in_flight)
+        (p | "Batches" >> beam.Create(work).with_output_types(Tuple[str, Request])
+         | "WriteToBraze" >> WriteToBraze(syncs, max_in_flight=in_flight))
     return time.perf_counter() - started, all_requests(client)
 
 

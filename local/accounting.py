@@ -1,8 +1,9 @@
 """Reconcile what was published with how each event ended, from the job's outcome topic.
 
 An event is published once and ends once per (sync, branch): delivered, skipped by a rule, or
-dead-lettered; or once for all if it could not be parsed (dead-lettered) or repeated an event
-seen just before (skipped as a duplicate). Its overall status is
+dead-lettered; or once for all (an outcome with no sync) if it could not be parsed, failed
+before the fan-out to syncs (dead-lettered), or repeated an event seen just before (skipped as
+a duplicate). Its overall status is
 ``dead_lettered`` if any part of it was, else ``delivered`` if any part reached Braze, else
 ``skipped``. The demo, the integration tests and the benchmark share this so "the numbers add
 up" means the same everywhere.
@@ -33,14 +34,14 @@ class Reconciler:
         self.sources = list(sources)
         self._parts = {(sync, branch) for sync in sync_names for branch in BRANCHES}
         self._seen: Dict[str, Dict[Tuple[str, str], Tuple[str, str]]] = collections.defaultdict(dict)
-        self._parse_failed: Dict[str, str] = {}
+        self._parse_failed: Dict[str, str] = {}  # every event-wide dead letter, whatever the stage
         self._duplicates = set()
 
     def add(self, outcome: dict) -> None:
         source = outcome["source"]
-        if outcome["branch"] == "parse":
+        if not outcome["sync"] and outcome["status"] == "dead_lettered":
             self._parse_failed[source] = outcome["reason"]
-        elif outcome["branch"] == "dedup":
+        elif not outcome["sync"]:
             self._duplicates.add(source)
         else:
             self._seen[source][(outcome["sync"], outcome["branch"])] = (outcome["status"], outcome["reason"])

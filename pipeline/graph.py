@@ -1,31 +1,45 @@
 """The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
 
-    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track items ──────────────┐
-                                                         └─ identify work → Identify ─┴→ PackRequests
-                                                                                          → WriteToBraze
+    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track batches ─────────────────────┐
+                                                         └─ identify work → IdentifyUsers ─────┴→ PackRequests
+                                                                                                  → WriteToBraze
+    replayed Braze objects (--replay_subscription) ────────────────────────────────────────────┘
     outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
-    dead letters:  parse failures + objects Braze did not take
+    dead letters:  every stage's failures + objects Braze did not take
+
+The stateful steps, with their state, keys and order guarantees, are described in
+docs/architecture.md. Their names are part of the job's update contract (``--update`` matches
+steps by name): ``tests/test_update_safety.py`` pins them.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import apache_beam as beam
 
 from pipeline.config import Sync
 from transforms.batching import PackRequests
+from transforms.coders import typed
 from transforms.dedup import DropRepeats
-from transforms.identify import IdentifyDoFn
+from transforms.identify import DEAD_LETTER_TAG as IDENTIFY_DEAD_LETTERS
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
+from transforms.identify import IdentifyDoFn
 from transforms.parse import ParseEvents
+from transforms.records import DeadLetter, Outcome, ParsedEvent, UserBatch
 from transforms.route import RouteToSyncs
 from transforms.secrets import resolve_api_key
-from transforms.sink import DEAD_LETTER_TAG, WriteToBraze
+from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, WriteToBraze
+
+DEFAULT_LATENESS_SECONDS = 2.0
+DEFAULT_MAX_ARRAY_LENGTH = 25
 
 
 class EventsToBraze(beam.PTransform):
-    """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter}``."""
+    """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter}``.
+
+    ``replayed``: an optional PCollection of ``UserBatch`` (Braze objects replayed by the
+    operator, already checked) that joins the packer."""
 
     def __init__(
         self,
@@ -37,9 +51,14 @@ class EventsToBraze(beam.PTransform):
         timeout_seconds: float = 10.0,
         max_attempts: int = 6,
         max_retry_seconds: float = 120.0,
+        outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
+        hold_backoff_cap_seconds: float = 300.0,
         max_in_flight: int = 1,
         dedup_window_seconds: float = 600.0,
         user_state_ttl_days: float = 30.0,
+        lateness_seconds: float = DEFAULT_LATENESS_SECONDS,
+        max_array_length: Optional[int] = DEFAULT_MAX_ARRAY_LENGTH,
+        replayed=None,
         resolve_key: Callable[[str], str] = resolve_api_key,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -52,38 +71,45 @@ class EventsToBraze(beam.PTransform):
         if isinstance(user_state_ttl_days, bool) or not isinstance(user_state_ttl_days, (int, float)) \
                 or not user_state_ttl_days > 0:
             raise ValueError(f"user_state_ttl_days must be a number > 0, got {user_state_ttl_days!r}")
-        self._identify = dict(ttl_seconds=user_state_ttl_days * 86400.0, clock=clock)
+        self._identify = dict(ttl_seconds=user_state_ttl_days * 86400.0, clock=clock,
+                              lateness_seconds=lateness_seconds, max_array_length=max_array_length)
         self._clock = clock
+        self._replayed = replayed
         self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
         self._write = dict(
             timeout_seconds=timeout_seconds, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
-            max_in_flight=max_in_flight,
-            resolve_key=resolve_key, sleep=sleep, clock=clock,
+            outage_budget_seconds=outage_budget_seconds, hold_backoff_cap_seconds=hold_backoff_cap_seconds,
+            max_in_flight=max_in_flight, resolve_key=resolve_key, sleep=sleep, clock=clock,
         )
 
     def expand(self, messages):
         parsed = messages | "ParseEvents" >> ParseEvents()
-        events, repeats = parsed.events, []
+        events = typed(parsed.events, ParsedEvent)
+        outcomes, dead_letters = [parsed.outcomes], [parsed.dead_letters]
         if self._dedup_window > 0:
             unique = events | "DropRepeats" >> DropRepeats(self._dedup_window, self._clock)
-            events, repeats = unique["events"], [unique["outcomes"]]
+            events = unique["events"]
+            outcomes.append(unique["outcomes"])
+            dead_letters.append(unique["dead_letters"])
         routed = events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
+        outcomes.append(routed.outcomes)
+        dead_letters.append(routed.dead_letters)
         selected = {s.name: s.users.properties for s in self._syncs}
-        # Typed, so the identify state and timers get a str key coder (deterministic; the
-        # FnApiRunner cannot decode timers of a FastPrimitivesCoder key).
-        identify_work = routed.identify | "TypeIdentifyWork" >> beam.Map(lambda kv: kv).with_output_types(
-            Tuple[str, Any])
-        identified = identify_work | "Identify" >> beam.ParDo(IdentifyDoFn(selected, **self._identify)).with_outputs(
-            IDENTIFY_OUTCOMES, main="attributes"
-        )
-        objects = (routed.track, identified.attributes) | "AllObjects" >> beam.Flatten()
-        written = (
-            objects
-            | "PackRequests" >> PackRequests(**self._pack)
-            | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
-        )
-        outcomes = (
-            parsed.outcomes, *repeats, routed.outcomes, identified[IDENTIFY_OUTCOMES], written.outcomes,
-        ) | "AllOutcomes" >> beam.Flatten()
-        dead_letters = (parsed.dead_letters, written[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
-        return {"outcomes": outcomes, "dead_letters": dead_letters}
+        identified = routed.identify | "IdentifyUsers" >> beam.ParDo(
+            IdentifyDoFn(selected, **self._identify)).with_outputs(IDENTIFY_OUTCOMES, IDENTIFY_DEAD_LETTERS,
+                                                                   main="batches")
+        outcomes.append(typed(identified[IDENTIFY_OUTCOMES], Outcome))
+        dead_letters.append(typed(identified[IDENTIFY_DEAD_LETTERS], DeadLetter))
+        batches = [routed.track, typed(identified.batches, UserBatch)]
+        if self._replayed is not None:
+            batches.append(self._replayed)
+        packed = tuple(batches) | "AllBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
+        outcomes.append(packed.outcomes)
+        dead_letters.append(packed.dead_letters)
+        written = packed.requests | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
+        outcomes.append(written.outcomes)
+        dead_letters.append(written[DEAD_LETTER_TAG])
+        return {
+            "outcomes": typed(tuple(outcomes) | "AllOutcomes" >> beam.Flatten(), Outcome),
+            "dead_letters": typed(tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten(), DeadLetter),
+        }

@@ -8,6 +8,8 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.outage import parse_duration
+
 SUBSCRIPTION_RE = re.compile(r"^projects/[^/\s]+/subscriptions/[^/\s]+$")
 TOPIC_RE = re.compile(r"^projects/[^/\s]+/topics/[^/\s]+$")
 
@@ -45,6 +47,13 @@ class StreamOptions(PipelineOptions):
             "sync and branch (delivered, skipped with the rule, or dead-lettered), for audits and "
             "reconciliation. Off when empty.",
         )
+        io.add_argument(
+            "--replay_subscription",
+            default="",
+            help="Optional Pub/Sub subscription, projects/P/subscriptions/S, of the replay topic that "
+            "only operators publish to: Braze objects from dead letters, republished by `make replay` "
+            "once their cause is fixed. Each passes the same checks as a fresh object. Off when empty.",
+        )
         syncs = parser.add_argument_group("syncs")
         syncs.add_argument(
             "--sync_config",
@@ -74,6 +83,14 @@ class StreamOptions(PipelineOptions):
             help="Days after a user's last update that the job forgets the attribute values it last "
             "sent them; bounds the state. A forgotten user's next update is sent in full.",
         )
+        state.add_argument(
+            "--reorder_lateness_seconds",
+            type=float,
+            default=2.0,
+            help="How long each user's attribute updates wait so that updates arriving out of order "
+            "(Pub/Sub keeps none) are applied in event-time order. Adds this much latency to "
+            "attribute updates; 0 applies each as it arrives.",
+        )
         braze = parser.add_argument_group("braze delivery")
         braze.add_argument(
             "--braze_batch_limit_mode",
@@ -101,25 +118,47 @@ class StreamOptions(PipelineOptions):
             help="Timeout of one /users/track call.",
         )
         braze.add_argument(
+            "--braze_outage_budget",
+            default="4h",
+            help="How long objects are held and retried while Braze fails or throttles across the "
+            "board (5xx, 429, timeouts) before they are dead-lettered as outage_budget_exhausted: "
+            "e.g. 4h, 30m, 90s. Amplitude's own destination retries for 4 hours.",
+        )
+        braze.add_argument(
+            "--braze_max_backoff_seconds",
+            type=float,
+            default=300.0,
+            help="Longest wait between two retries while holding through an outage (a 429 waits as "
+            "long as its headers ask, whatever this says).",
+        )
+        braze.add_argument(
             "--braze_max_attempts",
             type=int,
             default=6,
-            help="Attempts per request on 5xx, 429, timeouts and connection errors before the objects "
-            "are dead-lettered as retries_exhausted.",
+            help="Attempts of one request that fails while Braze takes the sync's other requests "
+            "(then retries_exhausted: the request, not Braze, is the problem), and at the end of a "
+            "bounded input or a drain.",
         )
         braze.add_argument(
             "--braze_max_retry_seconds",
             type=float,
             default=120.0,
-            help="Longest total time spent retrying one request.",
+            help="Longest time spent retrying one request at the end of a bounded input or a drain.",
         )
         braze.add_argument(
             "--braze_max_in_flight",
             type=int,
             default=1,
-            help="Requests in flight at once per sink instance (1 to 64). 1: one request at a time per "
-            "batch key. More: requests of one batch key may overlap, but never two with a user in "
-            "common, which keep their order.",
+            help="Requests of one batch key in flight at once when several are ready, as when the "
+            "key drains after an outage (1 to 64). Two requests with a user in common never overlap "
+            "and keep their order.",
+        )
+        braze.add_argument(
+            "--braze_max_array_length",
+            type=int,
+            default=25,
+            help="Values an array attribute keeps, newest first out as Braze does (Braze's default is "
+            "25; raise it to your workspace's setting).",
         )
 
 
@@ -152,4 +191,17 @@ def check_stream_options(options: StreamOptions) -> list:
         problems.append("--braze_max_attempts must be >= 1")
     if not 1 <= options.braze_max_in_flight <= 64:
         problems.append("--braze_max_in_flight must be from 1 to 64")
+    if options.replay_subscription and not SUBSCRIPTION_RE.match(options.replay_subscription):
+        problems.append(f"--replay_subscription must look like projects/P/subscriptions/S, got "
+                        f"{options.replay_subscription!r}")
+    if options.reorder_lateness_seconds < 0:
+        problems.append("--reorder_lateness_seconds must be >= 0")
+    try:
+        parse_duration(options.braze_outage_budget)
+    except ValueError as e:
+        problems.append(f"--braze_outage_budget: {e}")
+    if options.braze_max_backoff_seconds <= 0:
+        problems.append("--braze_max_backoff_seconds must be > 0")
+    if options.braze_max_array_length < 1:
+        problems.append("--braze_max_array_length must be >= 1")
     return problems

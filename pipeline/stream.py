@@ -20,7 +20,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.config import ConfigError, enabled_syncs, load_syncs
 from pipeline.graph import EventsToBraze
+from pipeline.local_runner import faster_bundle_based_direct_runner
 from pipeline.options import StreamOptions, check_stream_options
+from transforms.outage import parse_duration
 from transforms.dead_letters import WriteDeadLetters
 from transforms.outcomes import RecordOutcomes
 
@@ -53,9 +55,13 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
             timeout_seconds=opts.braze_timeout_seconds,
             max_attempts=opts.braze_max_attempts,
             max_retry_seconds=opts.braze_max_retry_seconds,
+            outage_budget_seconds=parse_duration(opts.braze_outage_budget),
+            hold_backoff_cap_seconds=opts.braze_max_backoff_seconds,
             max_in_flight=opts.braze_max_in_flight,
             dedup_window_seconds=opts.dedup_window_minutes * 60.0,
             user_state_ttl_days=opts.user_state_ttl_days,
+            lateness_seconds=opts.reorder_lateness_seconds,
+            max_array_length=opts.braze_max_array_length,
         )
     )
     results["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_topic)
@@ -84,8 +90,11 @@ def run(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"pipeline.stream: {e}", file=sys.stderr)
         return 2
+    local = pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER
+    if local:
+        faster_bundle_based_direct_runner()
     result = pipeline.run()
-    if pipeline.options.view_as(StandardOptions).runner == LOCAL_RUNNER:
+    if local:
         result.wait_until_finish()
     return 0
 

@@ -45,7 +45,12 @@ LABELS: Dict[str, str] = {
     "braze_timeout_seconds": "Braze request timeout (seconds)",
     "braze_max_attempts": "Attempts per Braze request",
     "braze_max_retry_seconds": "Retry time per Braze request (seconds)",
-    "braze_max_in_flight": "Braze requests in flight per sink instance",
+    "braze_max_in_flight": "Braze requests in flight per batch key",
+    "replay_subscription": "Replay Pub/Sub subscription (operators only)",
+    "reorder_lateness_seconds": "Reorder wait for user updates (seconds)",
+    "braze_outage_budget": "Braze outage budget (e.g. 4h)",
+    "braze_max_backoff_seconds": "Longest wait between retries in an outage (seconds)",
+    "braze_max_array_length": "Values kept per array attribute",
 }
 
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -58,7 +63,9 @@ REGEXES: Dict[str, List[str]] = {
     "input_subscription": [SUBSCRIPTION_REGEX],
     "dead_letter_topic": [TOPIC_REGEX],
     "outcome_topic": [TOPIC_REGEX],
+    "replay_subscription": [SUBSCRIPTION_REGEX],
     "sync_config": [r"^(gs://.+|/.+)$"],
+    "braze_outage_budget": [r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?[hms])+)$"],
 }
 
 # Dataflow's console offers a picker for these.
@@ -66,6 +73,7 @@ PARAM_TYPES: Dict[str, str] = {
     "input_subscription": "PUBSUB_SUBSCRIPTION",
     "dead_letter_topic": "PUBSUB_TOPIC",
     "outcome_topic": "PUBSUB_TOPIC",
+    "replay_subscription": "PUBSUB_SUBSCRIPTION",
 }
 
 

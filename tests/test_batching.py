@@ -40,19 +40,18 @@ def test_bad_mode_is_refused_with_the_choices():
 
 
 def test_one_user_always_lands_on_the_same_shard():
-    assert len({shard_key(item(user="user-42"), 8) for _ in range(10)}) == 1
-    assert len({shard_key(item(user=f"user-{i}"), 8) for i in range(200)}) == 8
+    assert len({shard_key("s", "user-42", 8) for _ in range(10)}) == 1
+    assert len({shard_key("s", f"user-{i}", 8) for i in range(200)}) == 8
 
 
 # --- One user, one request, one attribute object -------------------------------------------
 
 from transforms.batching import collapse  # noqa: E402
-from transforms.identify import META_KEY  # noqa: E402
 
 
 def attrs(user, seq, before=None, source=None, **values):
-    obj = {"external_id": user, **values, META_KEY: {"seq": seq, "before": before or {}}}
-    return BrazeItem("s", user, ATTRIBUTES, obj, (source or f"{user}/{seq}",), "identify", None)
+    obj = {"external_id": user, **values}
+    return BrazeItem("s", user, ATTRIBUTES, obj, (source or f"{user}/{seq}",), "identify", None, seq, before or {})
 
 
 def event(user, n=0, payload=""):
@@ -66,7 +65,7 @@ def test_a_users_attribute_updates_collapse_into_one_object_before_nothing_else_
     out = collapse(batch)
     assert [(i.kind, i.user_key) for i in out] == [("events", "a"), ("attributes", "a"), ("events", "b"), ("attributes", "b")]
     assert out[1].obj == {"external_id": "a", "plan": "pro"} and out[1].sources == ("a/1", "a/2")
-    assert out[3].obj == {"external_id": "b", "city": "Oslo"}  # the marker never reaches Braze
+    assert out[3].obj == {"external_id": "b", "city": "Oslo"}
 
 
 def test_attribute_objects_not_made_by_identify_are_left_alone():

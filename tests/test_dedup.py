@@ -10,19 +10,44 @@ from apache_beam.testing import test_stream
 from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
-from transforms.dedup import remember
-
-
-def test_remember_within_the_window_and_forget_after_it():
-    seen = {}
-    assert remember(seen, "a", now=100.0, window=10.0) is False
-    assert remember(seen, "a", now=105.0, window=10.0) is True  # a repeat
-    assert remember(seen, "b", now=111.0, window=10.0) is False  # and "a" expired meanwhile
-    assert set(seen) == {"b"}
-    assert remember(seen, "a", now=112.0, window=10.0) is False
-
+from transforms.dedup import DropRepeats, dedup_key
+from transforms.parse import parse_message
 
 COLLECTED = collections.defaultdict(list)
+
+
+def _parsed(message_id, **event):
+    [parsed] = parse_message(orjson.dumps({"event_type": "Play", "time": 1_795_168_800_000, **event}), message_id,
+                             None)
+    return parsed
+
+
+def test_the_key_is_the_insert_id_and_the_device_and_events_without_one_have_none():
+    assert dedup_key(_parsed("m", insert_id="i-1", device_id="d-1", user_id="u")) == "i-1|d-1"
+    assert dedup_key(_parsed("m", uuid="x-1", user_id="u")) == "x-1|u"
+    assert dedup_key(_parsed("m", user_id="u")) is None
+
+
+def test_a_repeat_within_the_window_is_dropped_and_one_after_it_passes():
+    """The keyed step forgets an insert id when its processing-time timer fires (window 10 s;
+    TestStream's processing time starts at 0, so the clock says 0)."""
+    window = 10.0
+    stream = (test_stream.TestStream()
+              .add_elements([_parsed("m1", insert_id="i-1", user_id="u"), _parsed("m2", user_id="u")])
+              .advance_processing_time(5)
+              .add_elements([_parsed("m3", insert_id="i-1", user_id="u")])  # within the window
+              .advance_processing_time(10)
+              .add_elements([_parsed("m4", insert_id="i-1", user_id="u")])  # after it
+              .advance_watermark_to_infinity())
+    COLLECTED.clear()
+    options = PipelineOptions([], runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        out = p | stream | DropRepeats(window, clock=lambda: 0.0)
+        out["events"] | "Kept" >> beam.Map(lambda e: _collect(e.source, "kept"))
+        out["outcomes"] | "Dropped" >> beam.Map(lambda o: _collect((o.source, o.reason), "dropped"))
+    assert sorted(COLLECTED["kept"]) == ["m1/0", "m2/0", "m4/0"]
+    assert COLLECTED["dropped"] == [("m3/0", "duplicate")]
 
 
 def _collect(element, name):

@@ -3,7 +3,7 @@ order, and the collapse of one user's updates into one attribute object."""
 import pytest
 
 from transforms.identify import (
-    META_KEY, apply_updates, attribute_delta, merge_attribute_items, merge_attribute_value, selected_updates,
+    apply_updates, attribute_delta, merge_attribute_items, merge_attribute_value, selected_updates,
     skip_reason,
 )
 from transforms.records import ATTRIBUTES, BrazeItem
@@ -194,9 +194,8 @@ def test_merge_attribute_value(previous, new, expected):
 
 
 def _item(seq, before, source, publish=None, **attributes):
-    obj = {"external_id": "u-1", "_update_existing_only": True, **attributes,
-           META_KEY: {"seq": seq, "before": before}}
-    return BrazeItem("s", "u-1", ATTRIBUTES, obj, (source,), "identify", publish)
+    obj = {"external_id": "u-1", "_update_existing_only": True, **attributes}
+    return BrazeItem("s", "u-1", ATTRIBUTES, obj, (source,), "identify", publish, seq, before)
 
 
 def test_merged_items_apply_in_state_order_with_all_sources():

@@ -20,7 +20,8 @@ from local.braze_sim.users import _REMOVE, attribute_data_points, plan_attribute
 from local.generate import generate_messages
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
-from transforms.identify import META_KEY, OUTCOME_TAG, IdentifyDoFn, is_operation
+from transforms.identify import OUTCOME_TAG, IdentifyDoFn, is_operation
+from transforms.records import IdentifyWork
 
 COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
 T0 = 1_795_168_800_000
@@ -88,7 +89,6 @@ def test_a_users_attributes_and_events_share_one_request_and_updates_collapse(br
         mine = [a for a in request["attributes"] if a["external_id"] == user]
         assert mine == [{"external_id": user, **attributes}]  # one object; identifier only is 0 data points
         assert sorted(e["properties"]["total"] for e in request["events"] if e["external_id"] == user) == totals
-    assert all(META_KEY not in a for b in bodies for a in b.get("attributes", []))
 
     users = {u["external_id"]: u for u in SimClient(braze_sim.url).users()}
     assert users["user-00001"]["attributes"] == {"plan": "team", "city": "Oslo"}
@@ -106,13 +106,13 @@ def _run_identify(stream, ttl_seconds):
     COLLECTED.clear()
     with beam.Pipeline(options=_options()) as p:
         out = p | stream | beam.ParDo(IdentifyDoFn({"s": ("plan",)}, ttl_seconds=ttl_seconds, clock=_zero_clock)
-                                      ).with_outputs(OUTCOME_TAG, main="attributes")
-        out.attributes | "CollectAttributes" >> beam.Map(_collect, "attributes")
+                                      ).with_outputs(OUTCOME_TAG, main="batches")
+        out.batches | "CollectAttributes" >> beam.FlatMap(lambda b: [_collect(i, "attributes") for i in b.items])
         out[OUTCOME_TAG] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
 
 
 def _work(n):
-    return "s|u-1", (f"m/{n}", None, T0 + n, {"external_id": "u-1"}, [("$set", "plan", "pro")], ())
+    return "s|u-1", IdentifyWork(f"m/{n}", None, T0 + n, {"external_id": "u-1"}, (("$set", "plan", "pro"),), ())
 
 
 @pytest.mark.parametrize("idle_seconds, sent", [(30, 1), (90, 2)])
@@ -148,9 +148,11 @@ def replay_attribute_writes(bodies):
 
     A write that leaves the value as it was is *informed* when the job had sent that key a
     plain value before (it knew what Braze held), else *blind* (a null or an array edit on a
-    value the job had no record of; see transforms/identify.py)."""
+    value the job had no record of; see transforms/identify.py). A plain value sent after an
+    ``inc`` or array edit is neither: the job cannot know what Braze made of those."""
     profiles = collections.defaultdict(dict)
     known = collections.defaultdict(set)
+    after_operation = collections.defaultdict(set)  # the job last sent an inc or array edit
     informed, blind, points = [], [], 0
     for body in bodies:
         for obj in body.get("attributes", []):
@@ -163,11 +165,16 @@ def replay_attribute_writes(bodies):
                     continue
                 before = profiles[user].get(key, _REMOVE)
                 if _same(before, changes[key]) or (before is _REMOVE and changes[key] is _REMOVE):
-                    (informed if key in known[user] else blind).append((user, key, value))
+                    if key in known[user]:
+                        informed.append((user, key, value))
+                    elif key not in after_operation[user]:
+                        blind.append((user, key, value))
                 if is_operation(value):
                     known[user].discard(key)
+                    after_operation[user].add(key)
                 else:
                     known[user].add(key)
+                    after_operation[user].discard(key)
             for key, value in changes.items():
                 if value is _REMOVE:
                     profiles[user].pop(key, None)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from typing import Tuple
 
 import apache_beam as beam
 import pytest
@@ -23,6 +24,8 @@ from pipeline.config import Sync
 from transforms import secrets
 from transforms.records import DEAD_LETTERED, DELIVERED, EVENTS, TRACK, BrazeItem
 from transforms.secrets import EMULATOR_HOST_ENV, SecretError, resolve_api_key
+from transforms.dead_letters import to_pubsub_message
+from transforms.records import Request
 from transforms.sink import DEAD_LETTER_TAG, OUTCOMES_TAG, WriteToBraze
 
 SECRET = "projects/p/secrets/braze-key"
@@ -207,7 +210,8 @@ def _event(user, n):
 def _run(batches, syncs):
     run_id = next(_RUN_IDS)
     p = beam.Pipeline(runner="FnApiRunner")
-    results = (p | beam.Create([(f"k{i}", list(b)) for i, b in enumerate(batches)], reshuffle=False)
+    requests = [(f"k{i}", Request(f"k{i}", 0, tuple(b))) for i, b in enumerate(batches)]
+    results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
                | WriteToBraze(syncs, sleep=_no_sleep, backoff_base_seconds=0.001))
     _ = results[OUTCOMES_TAG] | "outcomes" >> beam.Map(_store, run_id, "outcomes")
     _ = results[DEAD_LETTER_TAG] | "dead letters" >> beam.Map(_store, run_id, "dead")
@@ -276,7 +280,7 @@ def test_a_pinned_version_is_not_reread_in_a_loop(emulator_env, braze_new_key_on
     assert [(d.reason, d.http_status) for d in dead] == [("braze_auth", 401)]
     assert sm.accesses == [version, version]
     assert _track_statuses(sim) == [401]
-    _assert_no_key([d.to_json().decode() for d in dead], OLD_KEY, NEW_KEY)
+    _assert_no_key([repr(to_pubsub_message(d)) for d in dead], OLD_KEY, NEW_KEY)
 
 
 @pytest.mark.parametrize("make_unreadable, text", [
@@ -300,4 +304,4 @@ def test_unreadable_key_dead_letters_as_api_key_unavailable(emulator_env, braze_
     assert _track_statuses(sim) == []  # nothing was sent without a key
     # A permanent error is not re-read for every batch (KEY_ERROR_RETRY_SECONDS).
     assert sm.accesses == [version]
-    _assert_no_key([caplog.text, repr(outcomes)] + [d.to_json().decode() for d in dead], NEW_KEY)
+    _assert_no_key([caplog.text, repr(outcomes)] + [repr(to_pubsub_message(d)) for d in dead], NEW_KEY)

@@ -10,10 +10,9 @@ Values compare by JSON type as well as value (``same``): Python says ``True == 1
 Braze does not. Braze arrays hold unique values, and an array edit ``{"add": [...],
 "remove": [...]}`` removes first, then adds (a value already present moves to the end).
 
-Each attribute object ``IdentifyDoFn`` emits carries, under ``META_KEY``, the user's sequence
-number (``seq``) and the value Braze held before it for each key where the job knows it
-(``before``); ``merge_attribute_items`` reads both, and ``without_meta`` removes the key
-before sending (Braze refuses ``$``-prefixed names, so it could never be billed by mistake).
+Each attribute item ``IdentifyDoFn`` emits carries the user's sequence number (``seq``) and
+the value Braze held before it for each key where the job knows it (``before``), as fields of
+the ``BrazeItem`` beside the object; ``merge_attribute_items`` reads both.
 """
 from __future__ import annotations
 
@@ -22,14 +21,12 @@ from typing import Sequence
 
 from transforms.records import ATTRIBUTES, BrazeItem
 
-__all__ = ["META_KEY", "NOT_ATTRIBUTES", "MISSING", "same", "contains", "is_number", "is_scalar", "is_operation",
-           "unique", "edit_known_list", "merge_attribute_value", "is_identify_attributes", "without_meta",
-           "merge_attribute_items"]
+__all__ = ["NOT_ATTRIBUTES", "MISSING", "same", "contains", "is_number", "is_scalar", "is_operation",
+           "unique", "edit_known_list", "merge_attribute_value", "is_identify_attributes", "merge_attribute_items"]
 
-META_KEY = "$amplitude_braze"
 # Keys of an attribute object that are not attributes.
 NOT_ATTRIBUTES = frozenset(("external_id", "braze_id", "user_alias", "_update_existing_only",
-                            "_merge_objects", "push_token_import", META_KEY))
+                            "_merge_objects", "push_token_import"))
 
 # "No value given", as distinct from a null value (which removes the attribute in Braze).
 MISSING = object()
@@ -146,13 +143,7 @@ def merge_attribute_value(previous, new):
 
 
 def is_identify_attributes(item: BrazeItem) -> bool:
-    return item.kind == ATTRIBUTES and META_KEY in item.obj
-
-
-def without_meta(item: BrazeItem) -> BrazeItem:
-    if item.kind != ATTRIBUTES or META_KEY not in item.obj:
-        return item
-    return item._replace(obj={k: v for k, v in item.obj.items() if k != META_KEY})
+    return item.kind == ATTRIBUTES and item.before is not None
 
 
 def merge_attribute_items(items: Sequence[BrazeItem]) -> BrazeItem:
@@ -162,14 +153,12 @@ def merge_attribute_items(items: Sequence[BrazeItem]) -> BrazeItem:
     order, which Beam does not keep across a shuffle). A key whose final value is the value
     Braze held before the first of them is dropped; if nothing is left the object keeps only
     its identifier (0 data points), so every source is still accounted for by the sink."""
-    ordered = sorted(items, key=lambda it: it.obj[META_KEY].get("seq", 0))
+    ordered = sorted(items, key=lambda it: it.seq)
     merged: dict = {}
     before: dict = {}
     for it in ordered:
-        known_before = it.obj[META_KEY].get("before") or {}
+        known_before = it.before or {}
         for key, value in it.obj.items():
-            if key == META_KEY:
-                continue
             if key in NOT_ATTRIBUTES:
                 merged[key] = value
                 continue

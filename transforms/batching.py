@@ -34,14 +34,24 @@ from typing import List, Tuple
 
 import apache_beam as beam
 import orjson
-from apache_beam.coders import FastPrimitivesCoder
+from apache_beam import pvalue
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from transforms.identify import is_identify_attributes, merge_attribute_items, without_meta
-from transforms.records import KINDS, BrazeItem
+from transforms.attribute_values import is_identify_attributes, merge_attribute_items
+from transforms.coders import BATCH, ITEM, JsonCoder, RecordCoder, typed
+from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
+from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, KINDS, NO_PREDECESSOR, BrazeItem, DeadLetter, Outcome, \
+    Request, UserBatch, utc_now_iso
+
+OUTCOME_TAG = "outcomes"
+DEAD_LETTER_TAG = "dead_letters"
+# Batches stamped within this of the window's end were made when the input ended (timers
+# carry milliseconds, so identify's last flush is stamped up to 1 ms before the end).
+END_OF_WINDOW_MICROS = 1_000_000
 
 MAX_OBJECTS = 75
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -165,7 +175,7 @@ def collapse(batch: List[BrazeItem]) -> List[BrazeItem]:
             continue
         group = groups.pop(_user(item), None)
         if group is not None:
-            out.append(merge_attribute_items(group) if len(group) > 1 else without_meta(group[0]))
+            out.append(merge_attribute_items(group) if len(group) > 1 else group[0])
     return out
 
 
@@ -190,14 +200,59 @@ def pack(items: List[BrazeItem], limits: RequestLimits) -> List[List[BrazeItem]]
     return requests
 
 
-def shard_key(item: BrazeItem, shards: int) -> str:
+def shard_key(sync: str, user_key: str, shards: int) -> str:
     # crc32 is stable across processes (Python's hash() of str is salted per process).
-    return f"{item.sync}#{zlib.crc32(item.user_key.encode('utf-8')) % shards}"
+    return f"{sync}#{zlib.crc32(user_key.encode('utf-8')) % shards}"
+
+
+def release_plan(held: List[UserBatch], watermark_micros: int):
+    """``(batches to release now in order, batches to keep)`` once the watermark has passed
+    ``watermark_micros`` (pure). A batch goes once the watermark has passed its predecessor's
+    timestamp (``after``), when that predecessor has surely arrived; released batches go in
+    timestamp order, which per user is the order identify made them."""
+    ready = sorted((b for b in held if b.after <= watermark_micros), key=lambda b: (b.tau, b.after))
+    keep = [b for b in held if b.after > watermark_micros]
+    return ready, keep
+
+
+def _failed_batch(dofn, element, failure: Failure):
+    """``guarded``'s fallback for one arriving batch: its objects are dead-lettered."""
+    _, batch = element
+    yield from dead_letter_items(getattr(batch, "items", ()), "pack", failure)
+
+
+def dead_letter_items(items, stage: str, failure: Failure):
+    for item in items:
+        try:
+            data = orjson.dumps(item.obj)
+        except Exception:  # noqa: BLE001 - describing a failure must not fail
+            data = b""
+        yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            stage=stage, reason=INTERNAL_ERROR, detail=failure.detail, sync=item.sync, data=data,
+            payload_type=BRAZE_OBJECT, kind=item.kind, failed_at=utc_now_iso(), sources=tuple(item.sources),
+            error_class=failure.error_class))
+        for source in item.sources:
+            yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, item.sync, item.branch, DEAD_LETTERED,
+                                                           INTERNAL_ERROR))
 
 
 class _PackDoFn(beam.DoFn):
-    ITEMS = BagStateSpec("items", FastPrimitivesCoder())
-    FILL = ReadModifyWriteStateSpec("fill", FastPrimitivesCoder())
+    """Keyed by ``shard_key``: a user's batches in order, packed into numbered requests.
+
+    State per key: ``held`` (batches waiting for their predecessor, normally none for long),
+    ``items`` and ``fill`` (the request being filled), ``next_seq`` (the next request number).
+    Per object: one bag append and one small ``fill`` write; a flush reads the request's
+    objects once. Timers: ``release`` (watermark: a held batch's predecessor has arrived),
+    ``buffering_end`` (processing time: the request has waited ``max_wait``), ``window_end``
+    (end of input or drain: flush what is left).
+    """
+
+    HELD = BagStateSpec("held", RecordCoder(UserBatch, BATCH))
+    RELEASE_AT = ReadModifyWriteStateSpec("release_at", VarIntCoder())
+    ITEMS = BagStateSpec("items", RecordCoder(BrazeItem, ITEM))
+    FILL = ReadModifyWriteStateSpec("fill", JsonCoder())
+    NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
+    RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
     BUFFERING = TimerSpec("buffering_end", TimeDomain.REAL_TIME)
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
 
@@ -207,80 +262,178 @@ class _PackDoFn(beam.DoFn):
         self._clock = clock
         self._batch_size = Metrics.distribution("batching", "objects_per_batch")
         self._carried = Metrics.counter("batching", "objects_carried_over")
+        self._held = Metrics.counter("batching", "batches_held_for_order")
 
-    def process(
-        self,
-        element,
-        window=beam.DoFn.WindowParam,
-        items=beam.DoFn.StateParam(ITEMS),
-        fill_state=beam.DoFn.StateParam(FILL),
-        buffering=beam.DoFn.TimerParam(BUFFERING),
-        window_end=beam.DoFn.TimerParam(WINDOW_END),
-    ):
-        key, item = element
-        size = object_size(item)
-        fill = fill_state.read()
-        added = admit_last(fill or EMPTY_FILL, item, size, self._limits)
-        if added is None:
-            send, keep = carry_over(list(items.read()), item, self._limits)
-            items.clear()
-            if keep:
-                # The kept objects keep their deadline: the buffering timer is left as it is.
-                for kept in keep:
-                    items.add(kept)
-                self._carried.inc(len(keep))
-                fill = fill_of(keep, self._limits)
-            else:
-                buffering.clear()
-                fill = None
-            yield from self._emit(key, send)
-            added = admit(fill or EMPTY_FILL, item, size, self._limits)
-        if fill is None:
-            # A new request starts waiting now; it leaves within max_wait even if never full.
-            buffering.set(Timestamp.of(self._clock() + self._max_wait))
-            window_end.set(window.max_timestamp())
-        items.add(item)
-        if self._limits.full(added[0]):
-            yield from self._flush(key, items, fill_state, buffering)
+    @guarded("pack", _failed_batch)
+    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam,
+                held=beam.DoFn.StateParam(HELD), release_at=beam.DoFn.StateParam(RELEASE_AT),
+                items=beam.DoFn.StateParam(ITEMS), fill=beam.DoFn.StateParam(FILL),
+                next_seq=beam.DoFn.StateParam(NEXT_SEQ), release=beam.DoFn.TimerParam(RELEASE),
+                buffering=beam.DoFn.TimerParam(BUFFERING), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        key, batch = element
+        if timestamp.micros >= window.max_timestamp().micros - END_OF_WINDOW_MICROS:
+            # Made when the input ended (identify's last flush): everything before it has
+            # arrived, and a timer set now might never fire, so all of it goes at once.
+            ready, _ = release_plan(list(held.read()) + [batch], MAX_TIMESTAMP.micros)
+            held.clear()
+            release_at.clear()
+            request = _Request(items, fill, next_seq, buffering)
+            for b in ready:
+                yield from self._add(key, b.items, request, window, None, timers=False)
+            yield from self._flush(key, request)
+            return
+        if batch.after == NO_PREDECESSOR:
+            yield from self._add(key, batch.items, _Request(items, fill, next_seq, buffering), window, window_end)
+            return
+        held.add(batch)
+        self._held.inc()
+        at = release_at.read()
+        if at is None or batch.after < at:
+            release.set(Timestamp(micros=batch.after))
+            release_at.write(batch.after)
+
+    @on_timer(RELEASE)
+    def on_release(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                   held=beam.DoFn.StateParam(HELD), release_at=beam.DoFn.StateParam(RELEASE_AT),
+                   items=beam.DoFn.StateParam(ITEMS), fill=beam.DoFn.StateParam(FILL),
+                   next_seq=beam.DoFn.StateParam(NEXT_SEQ), release=beam.DoFn.TimerParam(RELEASE),
+                   buffering=beam.DoFn.TimerParam(BUFFERING), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        ready, keep = release_plan(list(held.read()), fired_at.micros)
+        held.clear()
+        for batch in keep:
+            held.add(batch)
+        if keep:
+            at = min(b.after for b in keep)
+            release.set(Timestamp(micros=at))
+            release_at.write(at)
         else:
-            fill_state.write(added)
+            release_at.clear()
+        request = _Request(items, fill, next_seq, buffering)
+        for batch in ready:
+            yield from self._guard_timer(batch.items, lambda b=batch: list(
+                self._add(key, b.items, request, window, window_end)), request)
 
     @on_timer(BUFFERING)
-    def on_buffering_end(
-        self,
-        key=beam.DoFn.KeyParam,
-        items=beam.DoFn.StateParam(ITEMS),
-        fill_state=beam.DoFn.StateParam(FILL),
-        buffering=beam.DoFn.TimerParam(BUFFERING),
-    ):
-        yield from self._flush(key, items, fill_state, buffering)
+    def on_buffering_end(self, key=beam.DoFn.KeyParam, items=beam.DoFn.StateParam(ITEMS),
+                         fill=beam.DoFn.StateParam(FILL), next_seq=beam.DoFn.StateParam(NEXT_SEQ),
+                         buffering=beam.DoFn.TimerParam(BUFFERING)):
+        request = _Request(items, fill, next_seq, buffering)
+        yield from self._guard_timer((), lambda: list(self._flush(key, request)), request)
 
     @on_timer(WINDOW_END)
-    def on_window_end(
-        self,
-        key=beam.DoFn.KeyParam,
-        items=beam.DoFn.StateParam(ITEMS),
-        fill_state=beam.DoFn.StateParam(FILL),
-        buffering=beam.DoFn.TimerParam(BUFFERING),
-    ):
-        yield from self._flush(key, items, fill_state, buffering)
+    def on_window_end(self, key=beam.DoFn.KeyParam, held=beam.DoFn.StateParam(HELD),
+                      release_at=beam.DoFn.StateParam(RELEASE_AT), items=beam.DoFn.StateParam(ITEMS),
+                      fill=beam.DoFn.StateParam(FILL), next_seq=beam.DoFn.StateParam(NEXT_SEQ),
+                      buffering=beam.DoFn.TimerParam(BUFFERING), window=beam.DoFn.WindowParam,
+                      window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        # The input ended (or the job drains): every held batch's predecessor has arrived.
+        ready, _ = release_plan(list(held.read()), MAX_TIMESTAMP.micros)
+        held.clear()
+        release_at.clear()
+        request = _Request(items, fill, next_seq, buffering)
+        for batch in ready:
+            yield from self._guard_timer(batch.items, lambda b=batch: list(
+                self._add(key, b.items, request, window, None)), request)
+        yield from self._guard_timer((), lambda: list(self._flush(key, request)), request)
 
-    def _flush(self, key, items, fill_state, buffering):
-        batch = list(items.read())
-        items.clear()
-        fill_state.clear()
-        buffering.clear()
-        yield from self._emit(key, batch)
+    def _guard_timer(self, items, work, request: "_Request"):
+        """A timer must never raise (Dataflow would retry it forever). On an unexpected error,
+        the objects being handled and those of the request being filled are dead-lettered,
+        each once, and the request is cleared from state."""
+        try:
+            yield from work()
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            failure = failure_of("pack", error)
+            count_internal_error("pack", failure)
+            waiting = request.peek()
+            request.clear()
+            yield from dead_letter_items(waiting + [i for i in items if i not in waiting], "pack", failure)
 
-    def _emit(self, key, batch):
+    def _add(self, key, new_items, request: "_Request", window, window_end, timers: bool = True):
+        limits = self._limits
+        for item in new_items:
+            size = object_size(item)
+            fill = request.fill()
+            added = admit_last(fill or EMPTY_FILL, item, size, limits)
+            if added is None:
+                send, keep = carry_over(request.peek(), item, limits)
+                send = collapse(send)
+                request.replace(keep)
+                if keep:
+                    # The kept objects keep their deadline: the buffering timer is left as it is.
+                    self._carried.inc(len(keep))
+                    fill = fill_of(keep, limits)
+                else:
+                    request.buffering.clear()
+                    fill = None
+                yield from self._emit(key, send, request)
+                added = admit(fill or EMPTY_FILL, item, size, limits)
+            if fill is None and timers:
+                # A new request starts waiting now; it leaves within max_wait even if never full.
+                request.buffering.set(Timestamp.of(self._clock() + self._max_wait))
+                if window_end is not None:
+                    window_end.set(window.max_timestamp())
+            request.items.add(item)
+            if limits.full(added[0]):
+                yield from self._flush(key, request)
+            else:
+                request.set_fill(added)
+
+    def _flush(self, key, request: "_Request"):
+        batch = collapse(request.peek())  # before clearing: a failure leaves the objects in state
+        request.clear()
+        yield from self._emit(key, batch, request)
+
+    def _emit(self, key, batch, request: "_Request"):
+        """Number one collapsed request and send it on."""
         if batch:
-            batch = collapse(batch)
             self._batch_size.update(len(batch))
-            yield key, batch
+            yield key, Request(key, request.take_seq(), tuple(batch))
+
+
+class _Request:
+    """The request being filled for one key: its state cells, read once per call."""
+
+    def __init__(self, items, fill, next_seq, buffering):
+        self.items, self._fill, self._next_seq, self.buffering = items, fill, next_seq, buffering
+        self._cached_fill = _UNREAD
+
+    def fill(self):
+        if self._cached_fill is _UNREAD:
+            stored = self._fill.read()
+            self._cached_fill = None if stored is None else (tuple(stored[0]), tuple(stored[1]))
+        return self._cached_fill
+
+    def set_fill(self, fill) -> None:
+        self._cached_fill = fill
+        self._fill.write([list(fill[0]), list(fill[1])])
+
+    def peek(self) -> List[BrazeItem]:
+        return list(self.items.read())
+
+    def replace(self, items: List[BrazeItem]) -> None:
+        self.items.clear()
+        for item in items:
+            self.items.add(item)
+
+    def clear(self) -> None:
+        self.items.clear()
+        self._fill.clear()
+        self._cached_fill = None
+        self.buffering.clear()
+
+    def take_seq(self) -> int:
+        seq = self._next_seq.read() or 0
+        self._next_seq.write(seq + 1)
+        return seq
+
+
+_UNREAD = object()
 
 
 class PackRequests(beam.PTransform):
-    """BrazeItem → ``(key, [BrazeItem, ...])`` batches sized for one /users/track request."""
+    """``UserBatch`` → ``(key, Request)``: each batch key's requests, sized for one
+    /users/track call, numbered in the order they were packed."""
 
     def __init__(self, *, limit_mode: str = "combined", max_wait_seconds: float = 2.0, shards: int = 4, clock=time.time):
         super().__init__()
@@ -293,10 +446,13 @@ class PackRequests(beam.PTransform):
         self._shards = shards
         self._clock = clock
 
-    def expand(self, items):
+    def expand(self, batches):
         shards = self._shards
-        return (
-            items
-            | "KeyByUserShard" >> beam.Map(lambda item: (shard_key(item, shards), item))
-            | "Pack" >> beam.ParDo(_PackDoFn(self._limits, self._max_wait, self._clock))
-        )
+        keyed = batches | "KeyByUserShard" >> beam.Map(
+            lambda b: (shard_key(b.sync, b.user_key, shards), b)).with_output_types(Tuple[str, UserBatch])
+        packed = keyed | "PackInOrder" >> beam.ParDo(_PackDoFn(self._limits, self._max_wait, self._clock)).with_outputs(
+            OUTCOME_TAG, DEAD_LETTER_TAG, main="requests")
+        typed(packed.requests, Tuple[str, Request])
+        typed(packed[OUTCOME_TAG], Outcome)
+        typed(packed[DEAD_LETTER_TAG], DeadLetter)
+        return packed

@@ -63,42 +63,56 @@ forgotten user is new again: their next values are sent in full, an ``$add`` bec
 TTL ago; the snapshots Amplitude sends with later events carry its resolved value and
 correct it).
 
-Each attribute item carries, under ``META_KEY``, the user's sequence number and the value
-Braze held before it for each key where the job knows it. ``transforms.batching`` uses both
-(``transforms.attribute_values.merge_attribute_items``) to collapse one user's updates in a
-request into one object without writing a value Braze already holds (A → B → A in one
-request sends nothing), then removes the key: Braze refuses ``$``-prefixed names, so it
-could never be billed by mistake.
+Each attribute item carries (``BrazeItem.seq``, ``BrazeItem.before``) the user's sequence
+number and the value Braze held before it for each key where the job knows it.
+``transforms.batching`` uses both (``transforms.attribute_values.merge_attribute_items``) to
+collapse one user's updates in a request into one object without writing a value Braze already
+holds (A → B → A in one request sends nothing).
+
+Order. Pub/Sub keeps no order, so each user's updates wait ``lateness_seconds`` in a reorder
+buffer and are applied in event-time order (``flush_plan``); what one flush produces leaves as
+one ``UserBatch`` whose timestamp increases per user and names the previous one, which is how the
+packer keeps a user's batches in order across the shuffle (``transforms.batching``). An update
+that arrives later than that, behind a newer one, falls back to the rules above (superseded).
+Operand values are sanitised before they are applied (``clean_updates``), so the state only ever
+holds what Braze is sent.
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
-from apache_beam.coders import FastPrimitivesCoder
+from apache_beam.coders import FloatCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 # The value rules and the collapse of one user's items live in transforms.attribute_values
 # (transforms.batching applies them too); their public names stay importable from here.
-from transforms.attribute_values import META_KEY, MISSING, NOT_ATTRIBUTES, contains, edit_known_list, \
+from transforms.attribute_values import MISSING, NOT_ATTRIBUTES, contains, edit_known_list, \
     is_identify_attributes, is_number, is_operation, is_scalar, merge_attribute_items, merge_attribute_value, \
-    same, unique, without_meta
-from transforms.records import ATTRIBUTES, IDENTIFY, SKIPPED, BrazeItem, Outcome
+    same, unique
+from transforms.coders import WORK, JsonCoder
+from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
+from transforms.records import ATTRIBUTES, DEAD_LETTERED, IDENTIFY, NO_PREDECESSOR, SKIPPED, TRACK, BrazeItem, \
+    DeadLetter, IdentifyWork, Outcome, UserBatch, utc_now_iso
+from transforms.sanitize import DROP, clean_attribute, clean_value
 
 __all__ = [
-    "OUTCOME_TAG", "META_KEY", "DEFAULT_TTL_SECONDS", "EXPIRY_SLACK", "MAX_TRACKED_VALUES", "ARRAY_ADD_OPS",
+    "OUTCOME_TAG", "DEFAULT_TTL_SECONDS", "EXPIRY_SLACK", "MAX_TRACKED_VALUES", "ARRAY_ADD_OPS",
     "ABSOLUTE_OPS", "INCREMENTAL_OPS", "OPERATIONS", "NOT_ATTRIBUTES", "UNCHANGED", "SUPERSEDED", "NOT_A_NUMBER",
     "NOT_A_LIST", "INVALID_OPERAND", "FRACTIONAL_INCREMENT", "is_operation", "merge_attribute_value",
     "selected_updates", "Applied", "apply_updates", "attribute_delta", "skip_reason", "is_identify_attributes",
-    "without_meta", "merge_attribute_items", "identify_key", "IdentifyDoFn",
+    "merge_attribute_items", "identify_key", "IdentifyDoFn",
 ]
 
 OUTCOME_TAG = "outcomes"
+DEAD_LETTER_TAG = "dead_letters"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
 EXPIRY_SLACK = 0.01  # the state expires between 99% and 100% of the TTL after the last update
 MAX_TRACKED_VALUES = 100  # values remembered per unknown array (Braze keeps at most 100 per array)
@@ -116,6 +130,15 @@ NOT_A_NUMBER = "not_a_number"  # $add on a value that is not a number
 NOT_A_LIST = "not_a_list"  # array edit on a value that is not an array
 INVALID_OPERAND = "invalid_operand"  # $add of a non-number; array values Braze cannot add
 FRACTIONAL_INCREMENT = "fractional_increment"  # Braze's inc takes integers only
+NUMBER_OUT_OF_RANGE = "number_out_of_range"  # beyond Braze's 64-bit integers, or not finite
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def in_braze_number_range(value) -> bool:
+    """A number Braze can store: a 64-bit signed integer or a finite float (braze-api.md §9.6)."""
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return is_number(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,8 +178,11 @@ def _known(entry) -> bool:
 
 
 def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[dict], selected: frozenset,
-                  time_ms: int = 0) -> Applied:
-    """Apply one event's updates (at event time ``time_ms``) to a user's state."""
+                  time_ms: int = 0, max_array_length: Optional[int] = None) -> Applied:
+    """Apply one event's updates (at event time ``time_ms``) to a user's state.
+
+    ``max_array_length``: a known array keeps only its newest values, as Braze's own arrays do
+    (braze-api.md §9.3), so the whole array the job sends never outgrows Braze's limit."""
     state = state if isinstance(state, dict) else {}
     props = {k: v for k, v in (state.get("p") or {}).items() if k in selected}
     start = dict(props)
@@ -166,6 +192,8 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
     def put(name, value):
         if isinstance(value, list):
             value = unique(value)  # what Braze stores: its arrays hold unique values
+            if max_array_length is not None and len(value) > max_array_length:
+                value = value[-max_array_length:]
         entry = props.get(name)
         props[name] = [time_ms, time_ms, value]
         if not (_known(entry) and same(entry[2], value)):
@@ -207,6 +235,9 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
                     ignored.append((name, NOT_A_NUMBER))
                     continue
                 total = value if current is None else current + value
+                if not in_braze_number_range(total):
+                    ignored.append((name, NUMBER_OUT_OF_RANGE))
+                    continue
                 props[name] = [t_abs, t_last, total]
                 if current is None or not same(total, current):
                     delta[name] = total
@@ -215,8 +246,12 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
                 if step is None:
                     ignored.append((name, FRACTIONAL_INCREMENT))
                 elif step:
+                    merged = merge_attribute_value(delta.get(name, MISSING), {"inc": step})
+                    if not in_braze_number_range(merged["inc"] if isinstance(merged, dict) else merged):
+                        ignored.append((name, NUMBER_OUT_OF_RANGE))
+                        continue
                     props[name] = [t_abs, t_last]
-                    delta[name] = merge_attribute_value(delta.get(name, MISSING), {"inc": step})
+                    delta[name] = merged
             continue
         values = list(value) if isinstance(value, list) else [value]
         if _known(entry):
@@ -229,6 +264,8 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
                 ignored.append((name, NOT_A_LIST))
                 continue
             new = edit_known_list(current, op, values)
+            if max_array_length is not None and len(new) > max_array_length:
+                new = new[-max_array_length:]
             props[name] = [t_abs, t_last, new]
             if not same(new, entry[2]):
                 delta[name] = new
@@ -286,32 +323,170 @@ def identify_key(sync: str, user_key: str) -> str:
     return f"{sync}|{user_key}"
 
 
+def clean_updates(updates: Iterable[Tuple[str, str, object]], max_array_length: Optional[int] = None):
+    """``(updates Braze can take, [(property, reason)] refused)``: operands sanitised as event
+    properties are (``transforms.sanitize``: long strings cut, invalid nested keys and nulls
+    dropped), and values no fix can make sendable refused, never sent as null (which would
+    delete the attribute). Each fix and refusal is counted (``sanitize.<change>``)."""
+    kept, refused = [], []
+    for op, name, value in updates:
+        if op in ("$set", "$setOnce"):
+            if isinstance(value, list) and max_array_length is not None and len(value) > max_array_length:
+                value = value[-max_array_length:]
+                _count("truncated_array")
+            cleaned, changes = clean_attribute(value)
+            _count(*changes)
+            if cleaned is DROP or not _numbers_in_range(cleaned):
+                refused.append((name, NUMBER_OUT_OF_RANGE if cleaned is not DROP else "unsendable_value"))
+                _count("refused_value")
+                continue
+            value = cleaned
+        elif op == "$add":
+            if isinstance(value, int) and not isinstance(value, bool) and not in_braze_number_range(value):
+                refused.append((name, NUMBER_OUT_OF_RANGE))
+                continue
+        elif op in ARRAY_ADD_OPS or op == "$remove":
+            values = value if isinstance(value, list) else [value]
+            changes: List[str] = []
+            cleaned_values = [clean_value(v, changes) for v in values]
+            _count(*changes)
+            cleaned_values = [v for v in cleaned_values if v is not None and _numbers_in_range(v)]
+            if not cleaned_values:
+                refused.append((name, INVALID_OPERAND))
+                continue
+            value = cleaned_values if isinstance(value, list) else cleaned_values[0]
+        kept.append((op, name, value))
+    return kept, refused
+
+
+def _numbers_in_range(value) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, (int, float)):
+        return in_braze_number_range(value)
+    children = value.values() if isinstance(value, dict) else value
+    return all(_numbers_in_range(v) for v in children)
+
+
+_COUNTERS: Dict[str, object] = {}
+
+
+def _count(*changes: str) -> None:
+    for change in changes:
+        counter = _COUNTERS.get(change)
+        if counter is None:
+            counter = _COUNTERS[change] = Metrics.counter("sanitize", change)
+        counter.inc()
+
+
+class _Pending(NamedTuple):
+    """An update waiting in a user's reorder buffer: when it arrived (processing time) and what."""
+
+    arrived: float
+    work: IdentifyWork
+
+
+def flush_plan(pending: Sequence[_Pending], now: float, lateness: float, input_ended: bool):
+    """Which buffered updates to apply now, in event-time order, and which to keep (pure).
+
+    An update is due once it has waited ``lateness`` seconds. Every buffered update whose event
+    time is at or before the newest due one goes with it, so an update is applied in event-time
+    order relative to every update that arrived no more than ``lateness`` before it. When the
+    input ended (a bounded run, or a drain), everything goes."""
+    if input_ended:
+        go, keep = list(pending), []
+    else:
+        due = [p for p in pending if p.arrived + lateness <= now + 1e-6]
+        if not due:
+            return [], list(pending)
+        cutoff = max(p.work.time_ms for p in due)
+        go = [p for p in pending if p.work.time_ms <= cutoff]
+        keep = [p for p in pending if p.work.time_ms > cutoff]
+    go.sort(key=lambda p: p.work.time_ms)  # stable: equal times keep their arrival order
+    return [p.work for p in go], keep
+
+
+# Batch timestamps stay inside the global window: at its very end (the input ended, or a drain)
+# several batches of a user can share the last timestamp, and ``UserBatch.after`` orders them.
+LAST_TAU = GlobalWindow().max_timestamp().micros
+
+
+def next_tau(previous: Optional[int], timestamp_micros: int) -> int:
+    """A user's next batch timestamp: after the previous one, and never before the element or
+    timer that emits it (Beam refuses an output earlier than its input)."""
+    tau = timestamp_micros if previous is None else max(previous + 1, timestamp_micros)
+    return min(tau, LAST_TAU)
+
+
+def _failed_work(dofn, element, failure: Failure):
+    """``guarded``'s fallback: the event's update is dead-lettered (its track objects too)."""
+    key, work = element
+    sync = key.split("|", 1)[0] if isinstance(key, str) else ""
+    yield from _dead_letter_work(work, sync, failure)
+
+
+def _dead_letter_work(work, sync: str, failure: Failure):
+    sources = (work.source,) if isinstance(getattr(work, "source", None), str) else ()
+    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+        stage=IDENTIFY, reason=INTERNAL_ERROR, detail=failure.detail, sync=sync,
+        data=_work_bytes(work), failed_at=utc_now_iso(), sources=sources, error_class=failure.error_class))
+    for source in sources:
+        yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, sync, IDENTIFY, DEAD_LETTERED, INTERNAL_ERROR))
+        if getattr(work, "track", ()):
+            yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, sync, TRACK, DEAD_LETTERED, INTERNAL_ERROR))
+
+
+def _work_bytes(work) -> bytes:
+    try:
+        return orjson.dumps({"updates": [list(u) for u in work.updates], "fields": work.fields,
+                             "time_ms": work.time_ms})
+    except Exception:  # noqa: BLE001 - describing a failure must not fail
+        return b""
+
+
 class IdentifyDoFn(beam.DoFn):
     """Keyed by ``identify_key(sync, user)``; holds that user's state for the sync.
 
-    Input values: ``(source, publish_time_ms, event_time_ms, identifier_fields, updates,
-    track_items)``. Output: a BrazeItem with the changed attributes (and ``META_KEY``), or
-    (tag ``outcomes``) a skip with the reason when nothing changed; then the event's own track
-    items, passed through so they reach the packer right behind its attribute update.
+    Input: ``IdentifyWork``. Each update waits ``lateness_seconds`` in a per-user reorder
+    buffer (``flush_plan``), then the due ones are applied in event-time order, and the user's
+    objects of that flush leave as one ``UserBatch``: per update, its attribute object (if it
+    changed anything), then the event's own track objects. A skip is reported (tag
+    ``outcomes``) for an update that changed nothing. The batch's timestamp ``tau`` increases
+    per user and names its predecessor, so the packer can keep the user's batches in order
+    across the shuffle. ``lateness_seconds=0`` applies each update as it arrives.
 
-    The state expires ``ttl_seconds`` after the user's last update, on a processing-time
-    timer read from ``clock`` (injectable: under TestStream the processing-time clock starts
-    at 0, not at wall time). Metrics (namespace ``identify``): ``unchanged``, ``superseded``
-    and the other skip reasons, and ``expired`` (users forgotten).
+    The state expires ``ttl_seconds`` after the user's last update, on a processing-time timer
+    read from ``clock`` (injectable: under TestStream the processing-time clock starts at 0, not
+    at wall time). Metrics (namespace ``identify``): ``unchanged``, ``superseded`` and the other
+    skip reasons, ``expired`` (users forgotten), ``reordered`` (updates applied in another order
+    than they arrived).
+
+    State per user, read and written once per flush: the attribute values the job knows Braze
+    holds for the selected properties (``apply_updates``), the sequence number, the expiry and
+    the last ``tau``; the buffer holds the user's updates of the last ``lateness_seconds``.
     """
 
-    LAST_SENT = ReadModifyWriteStateSpec("last_sent", FastPrimitivesCoder())
+    USER = ReadModifyWriteStateSpec("user", JsonCoder())
+    PENDING = BagStateSpec("pending", JsonCoder())
+    FLUSH_DUE = ReadModifyWriteStateSpec("flush_due", FloatCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)  # end of input or drain: flush all
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock=time.time):
+                 clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None):
         if not is_number(ttl_seconds) or ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be a number > 0, got {ttl_seconds!r}")
+        if not is_number(lateness_seconds) or lateness_seconds < 0:
+            raise ValueError(f"lateness_seconds must be a number >= 0, got {lateness_seconds!r}")
         self._selected = {sync: frozenset(props) for sync, props in selected_by_sync.items()}
         self._ttl = float(ttl_seconds)
+        self._lateness = float(lateness_seconds)
+        self._max_array = max_array_length
         self._clock = clock
         self._skipped = {}
         self._expired = Metrics.counter("identify", "expired")
+        self._reordered = Metrics.counter("identify", "reordered")
 
     def _skip(self, source: str, sync: str, reason: str) -> Outcome:
         counter = self._skipped.get(reason)
@@ -320,32 +495,110 @@ class IdentifyDoFn(beam.DoFn):
         counter.inc()
         return Outcome(source, sync, IDENTIFY, SKIPPED, reason)
 
-    def process(self, element, last_sent_state=beam.DoFn.StateParam(LAST_SENT),
-                expiry=beam.DoFn.TimerParam(EXPIRY)):
-        key, (source, publish_time_ms, time_ms, identifier_fields, updates, *rest) = element
+    @guarded(IDENTIFY, _failed_work)
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
+                flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
+                expiry=beam.DoFn.TimerParam(EXPIRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        key, work = element
+        if self._lateness <= 0:
+            yield from self._apply(key, [work], timestamp, user_state, expiry)
+            return
+        now = self._clock()
+        pending.add([now, work])
+        if flush_due.read() is None:
+            flush.set(Timestamp.of(now + self._lateness))
+            flush_due.write(now + self._lateness)
+            window_end.set(window.max_timestamp())
+
+    @on_timer(FLUSH)
+    def on_flush(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
+                 user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
+                 flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
+                 expiry=beam.DoFn.TimerParam(EXPIRY)):
+        # A timer that fires before its time means the input ended (a bounded run, a drain).
+        yield from self._flush(key, fired_at, self._clock() < fired_at.seconds() - 1, user_state, pending,
+                               flush_due, flush, expiry)
+
+    @on_timer(WINDOW_END)
+    def on_window_end(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
+                      user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
+                      flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
+                      expiry=beam.DoFn.TimerParam(EXPIRY)):
+        flush.clear()
+        yield from self._flush(key, fired_at, True, user_state, pending, flush_due, flush, expiry)
+
+    def _flush(self, key, fired_at, input_ended, user_state, pending, flush_due, flush, expiry):
+        entries = [_Pending(a, WORK(w)) for a, w in pending.read()]
+        if not entries:
+            flush_due.clear()
+            return
+        now = self._clock()
+        works, keep = flush_plan(entries, now, self._lateness, input_ended)
+        pending.clear()
+        for entry in keep:
+            pending.add([entry.arrived, entry.work])
+        if keep:
+            due = min(entry.arrived for entry in keep) + self._lateness
+            flush.set(Timestamp.of(max(due, now)))
+            flush_due.write(due)
+        else:
+            flush_due.clear()
+        chosen = {w.source for w in works}
+        if [e.work.source for e in entries if e.work.source in chosen] != [w.source for w in works]:
+            self._reordered.inc()
+        try:
+            yield from list(self._apply(key, works, fired_at, user_state, None if input_ended else expiry))
+        except Exception as error:  # noqa: BLE001 - a timer must never raise (it would retry forever)
+            failure = failure_of(IDENTIFY, error)
+            count_internal_error(IDENTIFY, failure)
+            for work in works:
+                yield from _dead_letter_work(work, key.split("|", 1)[0], failure)
+
+    def _apply(self, key, works, timestamp, user_state, expiry):
+        """Apply updates in order to the user's state; emit one UserBatch and the skips.
+        ``expiry`` is None once the input ended: a processing-time timer set then would never
+        fire (and the state ends with the job anyway)."""
         sync, user_key = key.split("|", 1)
-        state = last_sent_state.read()
-        applied = apply_updates(updates, state, self._selected[sync], time_ms)
+        selected = self._selected[sync]
+        state = user_state.read()
+        stored_expiry = state.get("e") if isinstance(state, dict) else None
+        last_tau = state.get("t") if isinstance(state, dict) else None
+        items: List[BrazeItem] = []
+        for work in works:
+            updates, refused = clean_updates(work.updates, self._max_array)
+            applied = apply_updates(updates, state, selected, work.time_ms, self._max_array)
+            state = applied.state
+            attributes = applied.attributes
+            if not attributes:
+                reason = refused[0][1] if refused and not updates else skip_reason(applied)
+                yield pvalue.TaggedOutput(OUTCOME_TAG, self._skip(work.source, sync, reason))
+            else:
+                obj = dict(work.fields)
+                obj.update(attributes)
+                items.append(BrazeItem(sync, user_key, ATTRIBUTES, obj, (work.source,), IDENTIFY,
+                                       work.publish_time_ms, state["n"], applied.before))
+            items.extend(work.track)
         # The expiry moves with every update, but the timer is only reset when it would move by
         # more than 1% of the TTL: a timer write per event is the costlier part on most runners.
         deadline = self._clock() + self._ttl
-        stored = state.get("e") if isinstance(state, dict) else None
-        if stored is None or deadline - stored > self._ttl * EXPIRY_SLACK:
+        if expiry is not None and (stored_expiry is None or deadline - stored_expiry > self._ttl * EXPIRY_SLACK):
             expiry.set(Timestamp.of(deadline))
-            stored = deadline
-        applied.state["e"] = stored
-        last_sent_state.write(applied.state)  # event times advance even when nothing is sent
-        if not applied.attributes:
-            yield pvalue.TaggedOutput(OUTCOME_TAG, self._skip(source, sync, skip_reason(applied)))
+            stored_expiry = deadline
+        state["e"] = stored_expiry
+        if items:
+            tau = next_tau(last_tau, timestamp.micros)
+            state["t"] = tau
+            batch = UserBatch(sync, user_key, tuple(items), tau,
+                              NO_PREDECESSOR if last_tau is None else last_tau)
+            user_state.write(state)  # last: a failure above leaves the state as it was
+            yield TimestampedValue(batch, Timestamp(micros=tau))
         else:
-            obj = dict(identifier_fields)
-            obj.update(applied.attributes)
-            obj[META_KEY] = {"seq": applied.state["n"], "before": applied.before}
-            yield BrazeItem(sync, user_key, ATTRIBUTES, obj, (source,), IDENTIFY, publish_time_ms)
-        if rest:
-            yield from rest[0]
+            if last_tau is not None:
+                state["t"] = last_tau
+            user_state.write(state)  # event times advance even when nothing is sent
 
     @on_timer(EXPIRY)
-    def expire(self, last_sent_state=beam.DoFn.StateParam(LAST_SENT)):
-        last_sent_state.clear()
+    def expire(self, user_state=beam.DoFn.StateParam(USER)):
+        user_state.clear()
         self._expired.inc()

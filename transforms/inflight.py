@@ -1,5 +1,5 @@
-"""Which Braze requests may be in flight together (``InFlight``, pure), and a thread-pool
-runner that keeps to it for the sink (``Sender``).
+"""Which Braze requests may be in flight together (``InFlight``, pure; the sink runs it on a
+thread pool when a batch key has several requests ready at once).
 
 Braze applies one request's objects in order but does not order separate requests
 (braze-api.md §6): two requests in flight for one user could land out of order, and an older
@@ -11,14 +11,9 @@ overtakes an earlier one of the same user.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import itertools
-from typing import Any, Callable, Deque, Dict, FrozenSet, Hashable, Iterator, List, Tuple
+from typing import Deque, Dict, FrozenSet, Hashable, List, Tuple
 
-from apache_beam import pvalue
-from apache_beam.utils.windowed_value import WindowedValue
-
-__all__ = ["InFlight", "Sender", "windowed"]
+__all__ = ["InFlight"]
 
 
 class InFlight:
@@ -68,59 +63,3 @@ class InFlight:
 
     def idle(self) -> bool:
         return not self._waiting and not self._running
-
-
-class Sender:
-    """Runs work on a thread pool under ``InFlight``'s rule and hands finished work back on the
-    caller's thread (the bundle's: Beam takes outputs and metric updates only there).
-
-    One per bundle, over a pool that lives as long as the DoFn. ``submit(users, work,
-    context)``; ``finished(wait)`` yields ``(context, result)`` of what completed (blocking for
-    at least one with ``wait``) and re-raises a worker's exception there, so a bug fails the
-    bundle, which the runner retries, instead of vanishing."""
-
-    def __init__(self, limit: int, pool: concurrent.futures.Executor):
-        self._admission = InFlight(limit)
-        self._pool = pool
-        self._jobs: Dict[int, list] = {}  # id → [work, context, future or None]
-        self._ids = itertools.count()
-
-    def submit(self, users: FrozenSet[Hashable], work: Callable[[], Any], context: Any) -> None:
-        request = next(self._ids)
-        self._jobs[request] = [work, context, None]
-        self._admission.add(request, users)
-        self._start()
-
-    def finished(self, wait: bool) -> Iterator[Tuple[Any, Any]]:
-        running = {job[2]: request for request, job in self._jobs.items() if job[2] is not None}
-        if not running:
-            return
-        if wait:
-            concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        done = [(future, request) for future, request in running.items() if future.done()]
-        for _, request in done:
-            self._admission.finish(request)
-        self._start()
-        for future, request in done:
-            _, context, _ = self._jobs.pop(request)
-            yield context, future.result()
-
-    @property
-    def waiting(self) -> int:
-        return self._admission.waiting
-
-    def idle(self) -> bool:
-        return self._admission.idle()
-
-    def _start(self) -> None:
-        for request in self._admission.start():
-            job = self._jobs[request]
-            job[2] = self._pool.submit(job[0])
-
-
-def windowed(output, window, timestamp):
-    """An output of an input element, in that element's window and at its timestamp, for
-    emitting after ``process`` moved on to other elements (or from ``finish_bundle``)."""
-    if isinstance(output, pvalue.TaggedOutput):
-        return pvalue.TaggedOutput(output.tag, WindowedValue(output.value, timestamp, (window,)))
-    return WindowedValue(output, timestamp, (window,))

@@ -17,6 +17,7 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from transforms.coders import typed
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.records import DEAD_LETTERED, DeadLetter, Outcome, ParsedEvent, utc_now_iso
 
@@ -302,4 +303,8 @@ class ParseEvents(beam.PTransform):
     """Pub/Sub messages (or raw bytes) → ParsedEvent; tags ``dead_letters`` and ``outcomes``."""
 
     def expand(self, messages):
-        return messages | "Parse" >> beam.ParDo(_ParseDoFn()).with_outputs(DEAD_LETTER_TAG, OUTCOME_TAG, main="events")
+        parsed = messages | "Parse" >> beam.ParDo(_ParseDoFn()).with_outputs(DEAD_LETTER_TAG, OUTCOME_TAG, main="events")
+        typed(parsed.events, ParsedEvent)
+        typed(parsed[DEAD_LETTER_TAG], DeadLetter)
+        typed(parsed[OUTCOME_TAG], Outcome)
+        return parsed

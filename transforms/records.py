@@ -1,9 +1,10 @@
 """The records that flow between the job's steps.
 
-Every step passes small NamedTuples (Beam encodes them without pickling) and every record
-carries ``sources``: the ids of the input events it came from, ``<message_id>/<index>``.
-Sources are how each published event is accounted for at the end (delivered, skipped by a
-rule, or dead-lettered), and how a dead letter leads back to what was published.
+Every step passes small NamedTuples, each with an explicit coder (``transforms.coders``: JSON
+through orjson, never pickle), and every record carries its ``sources``: the ids of the input
+events it came from, ``<message_id>/<index>``. Sources are how each published event is accounted
+for at the end (delivered, skipped by a rule, or dead-lettered), and how a dead letter leads
+back to what was published.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ KINDS = (ATTRIBUTES, EVENTS, PURCHASES)
 # Branches of the job; each accounts for every event it sees, per sync.
 IDENTIFY = "identify"
 TRACK = "track"
+REPLAY = "replay"
 
 # What a dead letter's data is, and so where a replay sends it.
 INPUT_EVENT = "input_event"  # bytes as they came in: back to the input topic
@@ -49,8 +51,59 @@ class BrazeItem(NamedTuple):
     kind: str  # ATTRIBUTES | EVENTS | PURCHASES
     obj: dict  # the Braze object, exactly as it will be sent
     sources: Tuple[str, ...]
-    branch: str  # IDENTIFY | TRACK
+    branch: str  # IDENTIFY | TRACK | REPLAY
     publish_time_ms: Optional[int]  # earliest publish time of the sources
+    # Identify's attribute objects only: the user's sequence number, and the value Braze held
+    # before this object for each attribute where the job knows it, so the packer can merge a
+    # user's objects of one request without writing a value Braze already holds.
+    seq: int = 0
+    before: Optional[dict] = None
+
+    @property
+    def mergeable(self) -> bool:
+        """An attribute object made by identify (replays are sent as they are)."""
+        return self.before is not None
+
+
+class IdentifyWork(NamedTuple):
+    """One event's selected user-property updates for one user of one sync (route → identify)."""
+
+    source: str
+    publish_time_ms: Optional[int]
+    time_ms: int  # event time: identify applies a user's updates in this order
+    fields: dict  # the identifier part of the Braze objects
+    updates: Tuple[Tuple[str, str, Any], ...]  # (operation, Braze attribute, value)
+    track: Tuple[BrazeItem, ...]  # the event's own track objects, sent right behind its update
+
+
+class UserBatch(NamedTuple):
+    """A user's Braze objects from one step, in the order they must reach Braze.
+
+    Identify emits one per user and flush, with ``tau`` (its output timestamp, in microseconds,
+    strictly increasing per user) and ``after``: the ``tau`` of that user's previous batch, or
+    ``NO_PREDECESSOR``. The packer releases a batch only once the watermark has passed
+    ``after``, when the previous batch has surely arrived, so a user's batches keep their order
+    across the shuffle (docs/architecture.md, "Ordering"). Objects that need no order (track
+    objects of events that update nobody, replays) travel with ``after = NO_PREDECESSOR``.
+    """
+
+    sync: str
+    user_key: str
+    items: Tuple[BrazeItem, ...]
+    tau: int = 0
+    after: int = -1
+
+
+NO_PREDECESSOR = -1
+
+
+class Request(NamedTuple):
+    """One /users/track request's objects for one batch key, numbered per key by the packer so
+    the sink can send a key's requests in the order they were packed."""
+
+    key: str
+    seq: int
+    items: Tuple[BrazeItem, ...]
 
 
 class Outcome(NamedTuple):

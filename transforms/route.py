@@ -2,7 +2,8 @@
 
 Per (event, sync) each branch either produces work or records why it skipped the event
 (``events_disabled``, ``not_selected``, ``missing_identifier``, ...), so every event is
-accounted for in every branch of every sync.
+accounted for in every branch of every sync. An unexpected error on one event dead-letters
+that event (stage ``route``) and nothing else.
 
 Track: a selected event becomes a Braze event object, or, where the sync sets
 ``events.purchases`` and the event carries revenue, purchase objects (``transforms.purchases``;
@@ -14,26 +15,32 @@ An event that updates its user in a sync sends its track objects through the ide
 with the update: ``IdentifyDoFn`` emits the attribute object and then those objects, so they
 reach the packer together and share a request (Braze applies a request's attributes before
 its events). On the direct path the events would arrive first and could leave without it.
-Events that update nobody go straight to the packer.
+Events that update nobody go straight to the packer, as a ``UserBatch`` that needs no order.
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
+from transforms.coders import typed
 from transforms.filters import compile_selectors
+from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.identifiers import IdentifierMapper
 from transforms.identify import identify_key, selected_updates
 from transforms.purchases import purchase_of, purchase_objects
-from transforms.records import EVENTS, IDENTIFY, PURCHASES, SKIPPED, TRACK, BrazeItem, Outcome
+from transforms.records import DEAD_LETTERED, EVENTS, IDENTIFY, NO_PREDECESSOR, PURCHASES, SKIPPED, TRACK, \
+    BrazeItem, DeadLetter, IdentifyWork, Outcome, UserBatch, utc_now_iso
 from transforms.track import NOT_TRACKED_EVENT_TYPES, event_object
 
 IDENTIFY_TAG = "identify"
 OUTCOME_TAG = "outcomes"
+DEAD_LETTER_TAG = "dead_letters"
+ROUTE_BRANCH = "route"
 
 
 class _SyncRoute:
@@ -62,6 +69,17 @@ class _SyncRoute:
         return Outcome(source, self.name, branch, SKIPPED, reason)
 
 
+def _failed_event(dofn, parsed, failure: Failure):
+    source = getattr(parsed, "source", "")
+    event = getattr(parsed, "event", None)
+    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+        stage=ROUTE_BRANCH, reason=INTERNAL_ERROR, detail=failure.detail, sync="",
+        data=orjson.dumps(event) if isinstance(event, dict) else b"", failed_at=utc_now_iso(),
+        sources=(source,) if source else (), error_class=failure.error_class))
+    if source:
+        yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(source, "", ROUTE_BRANCH, DEAD_LETTERED, INTERNAL_ERROR))
+
+
 class _RouteDoFn(beam.DoFn):
     def __init__(self, syncs: Tuple[Sync, ...]):
         self._syncs = syncs
@@ -70,6 +88,7 @@ class _RouteDoFn(beam.DoFn):
     def setup(self):
         self._routes = [_SyncRoute(sync) for sync in self._syncs]
 
+    @guarded(ROUTE_BRANCH, _failed_event)
     def process(self, parsed):
         event = parsed.event
         source = parsed.source
@@ -98,25 +117,27 @@ class _RouteDoFn(beam.DoFn):
             # Identify branch: only events that touch a selected property reach the state.
             if not route.users_enabled:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "users_disabled"))
-                yield from track
+                yield from _unordered(route.name, user_key, track)
                 continue
             updates = selected_updates(event["user_properties"], route.user_properties)
             if not updates:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "no_selected_property"))
-                yield from track
+                yield from _unordered(route.name, user_key, track)
             elif fields is None:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "missing_identifier"))
-                yield from track
+                yield from _unordered(route.name, user_key, track)
             else:
                 # The event's own objects ride along, so they reach the packer right after the
                 # attribute update they go with, and not before it on the shorter path.
                 yield pvalue.TaggedOutput(IDENTIFY_TAG, (
                     identify_key(route.name, user_key),
-                    (source, parsed.publish_time_ms, parsed.time_ms, fields, updates, tuple(track)),
+                    IdentifyWork(source, parsed.publish_time_ms, parsed.time_ms, fields,
+                                 tuple(tuple(u) for u in updates), tuple(track)),
                 ))
 
     @staticmethod
     def _track(route: _SyncRoute, parsed, user_key: str, fields: dict):
+        """The event's track objects (or a skip): BrazeItems for the caller to group."""
         event, source = parsed.event, parsed.source
         purchase = purchase_of(event) if route.purchases else None
         if isinstance(purchase, str):
@@ -129,8 +150,15 @@ class _RouteDoFn(beam.DoFn):
             yield BrazeItem(route.name, user_key, EVENTS, obj, (source,), TRACK, parsed.publish_time_ms)
 
 
+def _unordered(sync: str, user_key, track):
+    """An event's track objects that update nobody: one batch, with no order to keep."""
+    if track:
+        yield UserBatch(sync, user_key, tuple(track), 0, NO_PREDECESSOR)
+
+
 class RouteToSyncs(beam.PTransform):
-    """ParsedEvent → track BrazeItems (main), identify work (tag ``identify``), skips (tag ``outcomes``)."""
+    """ParsedEvent → track objects as ``UserBatch`` (main), ``(identify key, IdentifyWork)``
+    (tag ``identify``), skips (tag ``outcomes``), failures (tag ``dead_letters``)."""
 
     def __init__(self, syncs: Tuple[Sync, ...]):
         super().__init__()
@@ -139,6 +167,10 @@ class RouteToSyncs(beam.PTransform):
         self._syncs = tuple(syncs)
 
     def expand(self, events):
-        return events | "Route" >> beam.ParDo(_RouteDoFn(self._syncs)).with_outputs(
-            IDENTIFY_TAG, OUTCOME_TAG, main="track"
-        )
+        routed = events | "Route" >> beam.ParDo(_RouteDoFn(self._syncs)).with_outputs(
+            IDENTIFY_TAG, OUTCOME_TAG, DEAD_LETTER_TAG, main="track")
+        typed(routed.track, UserBatch)
+        typed(routed[IDENTIFY_TAG], Tuple[str, IdentifyWork])
+        typed(routed[OUTCOME_TAG], Outcome)
+        typed(routed[DEAD_LETTER_TAG], DeadLetter)
+        return routed

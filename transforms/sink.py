@@ -1,32 +1,31 @@
-"""The Braze sink: batches of Braze objects → POST /users/track → outcomes and dead letters.
+"""The Braze sink: each batch key's requests → POST /users/track, in order, through outages.
 
-Policy (DESIGN.md, "Braze sink and failures"), built from the pure rules in
-``transforms.braze_client``:
+Input: ``(key, Request)`` from ``transforms.batching``, numbered per key in the order they were
+packed. Beam keeps no order across the shuffle in between, so a request that arrives before its
+predecessor waits for it (``early``): a key's requests reach Braze in the order they were
+packed, which keeps each user's objects in the order identify made them (a user's objects all
+share one key).
 
-* 2xx "success": delivered, except the objects Braze names in ``errors[]``, which go to the
-  dead letters with Braze's text.
-* 400 (every object invalid): each object to the dead letters with its reason.
-* 413 / "Max Input Length Exceeded": send the halves, recursively; one object alone that is
-  still too large is dead-lettered ``payload_too_large``.
-* 401 / 403 / 404 / 415 and a 2xx that is not "success": the whole batch to the dead letters.
-  A 401 first re-reads the key once, in case it was rotated.
-* 408 / 429 / 5xx / timeouts / connection errors: retry with exponential backoff and full
-  jitter (429: as long as the rate-limit headers say), within ``max_attempts`` and
-  ``max_retry_seconds``; past either, every object is dead-lettered ``retries_exhausted``.
+Each request is sent by ``transforms.sending.RequestSender`` (the rules for every answer) with a
+few quick retries. What still fails transiently means Braze is failing or throttling: the key
+then holds (``transforms.outage``): that request and every later one of the key wait in state,
+in order, and a timer retries the first with backoff until Braze answers, then the queue drains
+in order. Objects are dead-lettered only past ``--braze_outage_budget`` (reason
+``outage_budget_exhausted``), or when one request keeps failing while Braze takes this sync's
+others (``retries_exhausted``). At the end of a bounded input, or when the job drains, what is
+held gets one last round of retries within ``max_attempts`` / ``max_retry_seconds``, and what
+still fails is dead-lettered: nothing is dropped silently.
 
-Up to ``max_in_flight`` requests are in flight at once per DoFn instance, on a thread pool;
-two requests that share a user never are, and go in the order their batches arrived
-(``transforms.inflight``), since Braze does not order separate requests. A retry's wait or a
-429's holds only its own request. With ``max_in_flight=1`` every request is sent on the
-bundle's thread, one after the other.
+Up to ``max_in_flight`` requests of a key may be in flight together when several are ready at
+once (a drain after an outage); two that share a user never are (``transforms.inflight``).
 
 Every object ends as an ``Outcome`` per source, DELIVERED or DEAD_LETTERED; a dead-lettered
-object also gives one ``DeadLetter`` on ``DEAD_LETTER_TAG``. Nothing is dropped silently, and
-no Braze or transport failure raises out of ``process``.
+object also gives one ``DeadLetter`` on ``DEAD_LETTER_TAG``. No Braze or transport failure, and
+no unexpected error, raises out of ``process`` or a timer.
 
-The API key lives only in the DoFn's per-sync state (``transforms.sink_state.SyncState``,
-built in ``setup()`` and never pickled) and the client's session headers: it is never logged,
-never put in a metric name, a dead letter or an outcome.
+The API key lives only in the DoFn's per-sync state (``transforms.sink_state.SyncState``, built
+in ``setup()`` and never pickled) and the client's session headers: it is never logged, never put
+in a metric name, a dead letter or an outcome.
 """
 from __future__ import annotations
 
@@ -41,71 +40,81 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
-from transforms import braze_client as bc
-from transforms.braze_client import TransportError, backoff_seconds, build_track_body, classify, retry_wait_seconds
-from transforms.inflight import Sender, windowed
-from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, utc_now_iso
+from transforms.coders import REQUEST, JsonCoder, RecordCoder, typed
+from transforms.guard import Failure as StageFailure
+from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of, guarded
+from transforms.inflight import InFlight
+from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
+    split_expired
+from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, Request, \
+    utc_now_iso
 from transforms.secrets import is_reference, resolve_api_key
-from transforms.sink_state import METRICS_NAMESPACE, Budget, Failure, RecordedMetrics, SyncState, Tally, \
-    item_failures
+from transforms.sending import AFTER_AMBIGUOUS_RETRY, API_KEY_UNAVAILABLE, RequestSender, Sent
+from transforms.sink_state import METRICS_NAMESPACE, Failure, RecordedMetrics, SyncState, Tally
 
-__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "STAGE", "METRICS_NAMESPACE"]
+__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "STAGE", "METRICS_NAMESPACE", "RETRIES_EXHAUSTED",
+           "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE", "UNKNOWN_SYNC"]
 
 _LOG = logging.getLogger(__name__)
 
 DEAD_LETTER_TAG = "dead_letters"
 OUTCOMES_TAG = "outcomes"  # the main output's name in the DoOutputsTuple
 STAGE = "braze"
-# METRICS_NAMESPACE ("braze") is defined in transforms.sink_state, beside the per-sync
-# counters it names, and imported above so it stays public here.
-
-# Reasons the sink itself adds to those of braze_client.classify.
-RETRIES_EXHAUSTED = "retries_exhausted"
-# The reason on a DELIVERED outcome whose request was retried after a failure that may have
-# been applied (a timeout, a dropped connection, a 500): Braze may hold it twice.
-AFTER_AMBIGUOUS_RETRY = "after_ambiguous_retry"
-API_KEY_UNAVAILABLE = "api_key_unavailable"
 UNKNOWN_SYNC = "unknown_sync"
 
-# While the sync's adaptive throttler (``transforms.sink_state``) says Braze pushed back on
-# most recent requests, a new batch waits in steps of this, up to the cap per batch.
-THROTTLE_DELAY_SECONDS = 1.0
-MAX_THROTTLE_SECONDS_PER_BATCH = 10.0
+# Before a key holds, a request gets at most this many attempts within this many seconds on the
+# element's own thread: a short glitch is absorbed without a timer, and no bundle sleeps long.
+INLINE_ATTEMPTS = 3
+INLINE_SECONDS = 5.0
+# One retry timer sends for at most this long before it hands over to the next firing, so a
+# drain after a long outage is a series of short work items, not one long one.
+DRAIN_SECONDS_PER_FIRING = 20.0
+DEFAULT_OUTAGE_BUDGET_SECONDS = 4 * 3600.0
+# While holding, the first retry comes 2.5-5 s after the failure, then twice as long each time
+# up to the cap: quick enough for a blip, and an hour-long outage costs a few dozen requests.
+HOLD_BACKOFF_BASE_SECONDS = 5.0
 
 
 class WriteToBraze(beam.PTransform):
-    """Send batches of Braze objects to ``/users/track``.
+    """Send each batch key's requests to ``/users/track`` in order, holding them through outages.
 
-    Input: PCollection of ``(key, list[BrazeItem])`` batches, all items of a batch for one
-    sync, already sized for Braze (≤ 75 objects, ≤ 4 MB). Output: a DoOutputsTuple whose main
-    output (also reachable as ``OUTCOMES_TAG``) holds ``Outcome`` records and whose
-    ``DEAD_LETTER_TAG`` ("dead_letters") output holds ``DeadLetter`` records.
+    Input: PCollection of ``(key, Request)``; a request's objects all belong to one sync and are
+    already sized for Braze (≤ 75 objects, ≤ 4 MB). Output: a DoOutputsTuple whose main output
+    (also reachable as ``OUTCOMES_TAG``) holds ``Outcome`` records and whose ``DEAD_LETTER_TAG``
+    ("dead_letters") output holds ``DeadLetter`` records.
 
     Args:
-      syncs: the ``pipeline.config.Sync`` entries the batches may name; each needs a name, an
+      syncs: the ``pipeline.config.Sync`` entries the requests may name; each needs a name, an
         http(s) endpoint and an api_key *reference* (``env:NAME`` or
         ``projects/P/secrets/S/versions/V``).
       timeout_seconds: connect and read timeout of every request.
-      max_attempts: requests per batch (or per half of a split batch), first one included.
-      max_retry_seconds: time budget per input batch for retries; whichever of the two limits
-        comes first ends the retries.
+      max_attempts, max_retry_seconds: retries of one request that are not an outage: at the
+        end of a bounded input or a drain, and for a request that keeps failing while Braze
+        takes the sync's others. Before holding, a request gets at most ``INLINE_ATTEMPTS``
+        within ``INLINE_SECONDS`` of these.
+      outage_budget_seconds: how long a held object may wait for Braze before it is
+        dead-lettered ``outage_budget_exhausted``.
+      hold_backoff_cap_seconds: the longest wait between two retries while holding.
       resolve_key: reference → key; read lazily, once per DoFn instance and sync.
       sleep, clock: injectable for tests (``clock`` returns epoch seconds).
-      backoff_base_seconds, backoff_cap_seconds: exponential backoff with full jitter.
-      max_rate_limit_wait_seconds: cap on one wait that a 429's headers ask for.
+      backoff_base_seconds, backoff_cap_seconds: the quick retries' exponential backoff.
       adaptive_throttling: slow down on the client side when Braze pushes back.
-      max_in_flight: requests in flight at once per DoFn instance (1: on the bundle's thread).
+      max_in_flight: requests of one key in flight at once when several are ready (1 to 64).
     """
 
     def __init__(self, syncs: Iterable[Sync], *, timeout_seconds: float = 10.0, max_attempts: int = 6,
-                 max_retry_seconds: float = 120.0, resolve_key: Callable[[str], str] = resolve_api_key,
+                 max_retry_seconds: float = 120.0, outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
+                 hold_backoff_cap_seconds: float = 300.0, resolve_key: Callable[[str], str] = resolve_api_key,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  backoff_base_seconds: float = 0.5, backoff_cap_seconds: float = 30.0,
-                 max_rate_limit_wait_seconds: float = 60.0, adaptive_throttling: bool = True,
-                 max_in_flight: int = 1):
+                 adaptive_throttling: bool = True, max_in_flight: int = 1):
         super().__init__()
         self._syncs = _check_syncs(syncs)
         _check_positive("timeout_seconds", timeout_seconds)
@@ -114,26 +123,30 @@ class WriteToBraze(beam.PTransform):
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
             raise ValueError(f"max_in_flight must be an integer from 1 to 64, got {max_in_flight!r}")
         _check_positive("max_retry_seconds", max_retry_seconds, allow_zero=True)
+        _check_positive("outage_budget_seconds", outage_budget_seconds)
+        _check_positive("hold_backoff_cap_seconds", hold_backoff_cap_seconds)
         _check_positive("backoff_base_seconds", backoff_base_seconds, allow_zero=True)
         _check_positive("backoff_cap_seconds", backoff_cap_seconds, allow_zero=True)
-        _check_positive("max_rate_limit_wait_seconds", max_rate_limit_wait_seconds, allow_zero=True)
         for name, fn in (("resolve_key", resolve_key), ("sleep", sleep), ("clock", clock)):
             if not callable(fn):
                 raise ValueError(f"{name} must be callable, got {fn!r}")
         self._params = _Params(
             timeout_seconds=float(timeout_seconds), max_attempts=max_attempts,
-            max_retry_seconds=float(max_retry_seconds), backoff_base_seconds=float(backoff_base_seconds),
-            backoff_cap_seconds=float(backoff_cap_seconds),
-            max_rate_limit_wait_seconds=float(max_rate_limit_wait_seconds),
+            max_retry_seconds=float(max_retry_seconds), outage_budget_seconds=float(outage_budget_seconds),
+            hold_backoff_cap_seconds=float(hold_backoff_cap_seconds),
+            backoff_base_seconds=float(backoff_base_seconds), backoff_cap_seconds=float(backoff_cap_seconds),
             adaptive_throttling=bool(adaptive_throttling), max_in_flight=max_in_flight)
         self._resolve_key = resolve_key
         self._sleep = sleep
         self._clock = clock
 
-    def expand(self, batches):
-        return batches | "Post to Braze" >> beam.ParDo(
+    def expand(self, requests):
+        sent = requests | "SendInOrder" >> beam.ParDo(
             _BrazeSinkDoFn(self._syncs, self._params, self._resolve_key, self._sleep, self._clock)
         ).with_outputs(DEAD_LETTER_TAG, main=OUTCOMES_TAG)
+        typed(sent[OUTCOMES_TAG], Outcome)
+        typed(sent[DEAD_LETTER_TAG], DeadLetter)
+        return sent
 
 
 def _check_positive(name: str, value, allow_zero: bool = False) -> None:
@@ -172,14 +185,56 @@ class _Params(NamedTuple):
     timeout_seconds: float
     max_attempts: int
     max_retry_seconds: float
+    outage_budget_seconds: float
+    hold_backoff_cap_seconds: float
     backoff_base_seconds: float
     backoff_cap_seconds: float
-    max_rate_limit_wait_seconds: float
     adaptive_throttling: bool
     max_in_flight: int
 
 
+def _parked(fields) -> Parked:
+    return Parked(REQUEST(fields[0]), fields[1])
+
+
+def _failed_request(dofn, element, failure: StageFailure):
+    """``guarded``'s fallback: every object of the request is dead-lettered."""
+    request = element[1] if isinstance(element, tuple) and len(element) == 2 else element
+    items = getattr(request, "items", None)
+    if not isinstance(items, tuple) or not all(isinstance(i, BrazeItem) for i in items):
+        # Not even a request: nothing to account for but the element itself.
+        yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            stage=STAGE, reason=INTERNAL_ERROR, detail=failure.detail, sync="", data=repr(element)[:10000].encode(),
+            payload_type=BRAZE_OBJECT, failed_at=utc_now_iso(), error_class=failure.error_class))
+        return
+    for item in items:
+        yield from _dead_letter(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
+
+
+def _dead_letter(item: BrazeItem, failure: Failure, error_class: str = "", state: Optional[SyncState] = None):
+    detail = state.scrub(failure.detail) if state is not None else failure.detail
+    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+        stage=STAGE, reason=failure.reason, detail=detail, sync=item.sync, data=orjson.dumps(item.obj),
+        payload_type=BRAZE_OBJECT, kind=item.kind, http_status=failure.http_status, attempts=failure.attempts,
+        failed_at=utc_now_iso(), sources=tuple(item.sources), error_class=error_class))
+    for source in item.sources:
+        yield Outcome(source, item.sync, item.branch, DEAD_LETTERED, failure.reason)
+
+
 class _BrazeSinkDoFn(beam.DoFn):
+    """Keyed like ``transforms.batching``. State per key: ``next_seq`` (the next request to send),
+    ``early`` (requests that overtook their predecessor; normally empty), and while holding,
+    ``queue`` and ``hold`` (``transforms.outage``). Per request: one read and one write of
+    ``next_seq``; per held request one bag append."""
+
+    NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
+    EARLY = BagStateSpec("early", RecordCoder(Request, REQUEST))
+    EARLY_COUNT = ReadModifyWriteStateSpec("early_count", VarIntCoder())
+    QUEUE = BagStateSpec("queue", RecordCoder(Parked, _parked))
+    HOLD = ReadModifyWriteStateSpec("hold", JsonCoder())
+    RETRY = TimerSpec("retry", TimeDomain.REAL_TIME)
+    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+
     def __init__(self, syncs: Sequence[Sync], params: _Params, resolve_key, sleep, clock):
         self._syncs = tuple(syncs)
         self._params = params
@@ -188,10 +243,13 @@ class _BrazeSinkDoFn(beam.DoFn):
         self._clock = clock
         self._states: Dict[str, SyncState] = {}
         self._rng = random.Random()
+        self._sender = None
+        self._pool = None
         self._throttled_seconds = None
         self._throttled_remainder = 0.0
-        self._pool = None
-        self._sender = None
+        self._early = Metrics.counter(METRICS_NAMESPACE, "requests_out_of_order")
+        self._inline_attempts = min(INLINE_ATTEMPTS, params.max_attempts)
+        self._inline_seconds = min(INLINE_SECONDS, params.max_retry_seconds)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -204,6 +262,9 @@ class _BrazeSinkDoFn(beam.DoFn):
                                           self._resolve_key, self._clock)
                         for s in self._syncs}
         self._rng = random.Random()
+        self._sender = RequestSender(backoff_base_seconds=self._params.backoff_base_seconds,
+                                     backoff_cap_seconds=self._params.backoff_cap_seconds,
+                                     sleep=self._sleep, clock=self._clock, rng=self._rng)
         # Reported where Dataflow looks for backend throttling (as Beam's own IOs do). The
         # namespace is this class's qualified name, transforms.sink._BrazeSinkDoFn: moving the
         # class to another module would rename the metric.
@@ -211,15 +272,6 @@ class _BrazeSinkDoFn(beam.DoFn):
         if self._params.max_in_flight > 1 and self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self._params.max_in_flight,
                                                                thread_name_prefix="braze-sink")
-
-    def start_bundle(self):
-        if self._pool is not None:
-            self._sender = Sender(self._params.max_in_flight, self._pool)
-
-    def finish_bundle(self):
-        if self._sender is not None:
-            while not self._sender.idle():
-                yield from self._settled(wait=True)
 
     def teardown(self):
         if self._pool is not None:
@@ -232,215 +284,369 @@ class _BrazeSinkDoFn(beam.DoFn):
                 _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
 
     # -----------------------------------------------------------------------------------------
+    # Arrival: in packing order, then sent, or held behind an outage.
 
-    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        _, items = element
-        items = list(items)
-        if not items:
-            return
-        if not self._states:
+    @guarded(STAGE, _failed_request)
+    def process(self, element, window=beam.DoFn.WindowParam, next_seq=beam.DoFn.StateParam(NEXT_SEQ),
+                early=beam.DoFn.StateParam(EARLY), early_count=beam.DoFn.StateParam(EARLY_COUNT),
+                queue=beam.DoFn.StateParam(QUEUE), hold=beam.DoFn.StateParam(HOLD),
+                retry=beam.DoFn.TimerParam(RETRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        if self._sender is None:
             self.setup()
-        if self._pool is not None and self._sender is None:  # a runner that skipped start_bundle
-            self.start_bundle()
-        groups: Dict[str, List[BrazeItem]] = {}
-        for it in items:  # a batch holds one sync; be safe if it does not
-            groups.setdefault(it.sync, []).append(it)
-        for sync_name, group in groups.items():
-            state = self._states.get(sync_name)
-            if state is None:
-                _LOG.error("batch of %d objects names sync %r, which WriteToBraze was not given",
-                           len(group), sync_name)
-                failure = Failure(UNKNOWN_SYNC, f"sync {sync_name!r} is not configured for the Braze sink", None, 0)
-                yield from self._emit([(it, failure) for it in group], None)
-            elif self._sender is None:
-                results = self._deliver(state, group, Tally(state.metrics, self._report_throttled))
-                yield from self._emit(results, state)
-            else:
-                self._sender.submit(frozenset((sync_name, it.user_key) for it in group),
-                                    lambda state=state, group=group: self._deliver_on_pool(state, group),
-                                    (state, window, timestamp))
-        if self._sender is not None:
-            yield from self._settled(wait=False)
-            while self._sender.waiting >= self._params.max_in_flight:  # hold the input back
-                yield from self._settled(wait=True)
+        _, request = element
+        due = self._in_order(request, next_seq, early, early_count)
+        if not due:
+            return
+        held = HeldQueue(queue, hold)
+        now = self._clock()
+        if held.active():
+            self._count_held(due, +1)
+            held.park(Parked(r, now) for r in due)
+            return
+        outcome = self._send_all(due, self._inline_attempts, self._inline_seconds)
+        yield from outcome.outputs
+        if outcome.held:
+            self._start_holding(held, outcome, now, retry, window_end, window)
 
-    def _deliver(self, state: SyncState, items: List[BrazeItem], tally: Tally):
-        """Send one batch until it is settled: one (item, None | reason | Failure) per item."""
-        budget = Budget(self._clock, self._params.max_retry_seconds)
-        self._throttle(state, tally)
-        results: List[Tuple[BrazeItem, Optional[Failure]]] = []
-        self._send(state, items, budget, results, tally)
+    def _in_order(self, request: Request, next_seq, early, early_count) -> List[Request]:
+        """The requests that may go now, in order: this one and the early ones it unblocks."""
+        expected = next_seq.read() or 0
+        if request.seq > expected:
+            early.add(request)
+            early_count.write((early_count.read() or 0) + 1)
+            self._early.inc()
+            return []
+        due = [request]
+        waiting = early_count.read() or 0
+        if waiting:
+            pending = sorted(early.read(), key=lambda r: r.seq)
+            following = request.seq + 1
+            rest = []
+            for r in pending:
+                if r.seq == following:
+                    due.append(r)
+                    following += 1
+                else:
+                    rest.append(r)
+            early.clear()
+            for r in rest:
+                early.add(r)
+            early_count.write(len(rest)) if rest else early_count.clear()
+        next_seq.write(max(expected, due[-1].seq + 1))
+        return due
+
+    # -----------------------------------------------------------------------------------------
+    # Holding: retries by timer, drains in order, dead letters only past the budget.
+
+    @on_timer(RETRY)
+    def on_retry(self, fired_at=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                 queue=beam.DoFn.StateParam(QUEUE), hold=beam.DoFn.StateParam(HOLD),
+                 retry=beam.DoFn.TimerParam(RETRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+        if self._sender is None:
+            self.setup()
+        held = HeldQueue(queue, hold)
+        if not held.active():
+            return
+        now = self._clock()
+        try:
+            if now < fired_at.seconds() - 1:  # fired before its time: the input ended
+                yield from self._final_round(held)
+            else:
+                yield from self._retry_held(held, now, retry)
+        except Exception as error:  # noqa: BLE001 - a timer must never raise (it would retry forever)
+            yield from self._salvage(held, error)
+
+    @on_timer(WINDOW_END)
+    def on_window_end(self, early=beam.DoFn.StateParam(EARLY), early_count=beam.DoFn.StateParam(EARLY_COUNT),
+                      queue=beam.DoFn.StateParam(QUEUE), hold=beam.DoFn.StateParam(HOLD),
+                      retry=beam.DoFn.TimerParam(RETRY)):
+        """End of a bounded input, or a drain: last round for what is held or still early."""
+        if self._sender is None:
+            self.setup()
+        held = HeldQueue(queue, hold)
+        try:
+            leftovers = sorted(early.read(), key=lambda r: r.seq) if early_count.read() else []
+            early.clear()
+            early_count.clear()
+            if leftovers:
+                _LOG.warning("%d requests never saw their predecessor; sending them now", len(leftovers))
+                if not held.active():
+                    held.set_hold(Hold(since=self._clock()))
+                self._count_held(leftovers, +1)
+                held.park(Parked(r, self._clock()) for r in leftovers)
+            if held.active():
+                retry.clear()
+                yield from self._final_round(held)
+        except Exception as error:  # noqa: BLE001 - a timer must never raise
+            yield from self._salvage(held, error)
+
+    def _start_holding(self, held: HeldQueue, outcome: "_Outcome", now: float, retry, window_end, window) -> None:
+        first = outcome.held[0]
+        state = self._state_of(first.request)
+        sent = outcome.first_held
+        held.set_hold(Hold(since=now, head_tries=sent.attempts, head_failed_at=now, head_seconds=sent.seconds,
+                           ambiguous=sent.ambiguous, last_error=state.scrub(sent.error) if state else sent.error,
+                           last_status=sent.http_status))
+        self._count_held([p.request for p in outcome.held], +1)
+        held.park(outcome.held)
+        if state is not None:
+            state.metrics.outages.inc()
+            _LOG.warning("sync %s: Braze is failing (%s); holding this key's requests and retrying",
+                         state.sync.name, held.hold.last_error)
+        retry.set(Timestamp.of(now + self._hold_delay(1, sent.wait_seconds)))
+        window_end.set(window.max_timestamp())
+
+    def _retry_held(self, held: HeldQueue, now: float, retry):
+        hold = held.hold
+        entries = held.entries()
+        state = self._state_of(entries[0].request) if entries else None
+        if state is not None:
+            held_for = int(max(0.0, now - hold.since))
+            state.metrics.outage_seconds.inc(held_for - hold.counted)
+            hold = hold._replace(counted=held_for)
+            state.metrics.oldest_held_age_seconds.update(int(max(0.0, now - entries[0].parked_at)))
+        expired, entries = split_expired(entries, now, self._params.outage_budget_seconds)
+        handled = len(expired)
+        for parked in expired:
+            yield from self._give_up(parked, OUTAGE_BUDGET_EXHAUSTED,
+                                     f"Braze did not take it within the outage budget of "
+                                     f"{self._params.outage_budget_seconds:.0f} s; last error: {hold.last_error}",
+                                     hold)
+        if entries and hold.head_tries >= self._params.max_attempts and state is not None \
+                and state.succeeded_since(hold.head_failed_at):
+            # Braze takes this sync's other requests: this one is the problem, not Braze.
+            yield from self._give_up(entries[0], RETRIES_EXHAUSTED,
+                                     f"failed {hold.head_tries} times while Braze took other requests of this "
+                                     f"sync; last error: {hold.last_error}", hold)
+            entries = entries[1:]
+            handled += 1
+            hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0)
+        deadline = now + DRAIN_SECONDS_PER_FIRING
+        rewrite = False
+        while entries and self._clock() < deadline:
+            chunk = entries[:max(1, self._params.max_in_flight) * 4]
+            outcome = self._send_all([p.request for p in chunk], self._inline_attempts, self._inline_seconds,
+                                     first_ambiguous=hold.ambiguous, first_retrying=hold.head_tries > 0)
+            yield from outcome.outputs
+            still = {p.request.seq: p for p in outcome.held}
+            kept = []
+            for old in chunk:
+                new = still.get(old.request.seq)
+                self._count_held([old.request], -1)
+                if new is not None:
+                    self._count_held([new.request], +1)
+                    kept.append(Parked(new.request, old.parked_at))  # keeps its place and its age
+                    rewrite = rewrite or len(new.request.items) != len(old.request.items)
+            settled = len(chunk) - len(kept)
+            handled += settled
+            if not kept:
+                entries = entries[len(chunk):]
+                hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0, ambiguous=False)
+                continue
+            # Still failing: the held requests keep their place, the rest of the queue behind them.
+            rewrite = rewrite or settled > 0
+            entries = kept + entries[len(chunk):]
+            sent = outcome.first_held
+            same_head = chunk[0].request.seq == kept[0].request.seq
+            hold = hold._replace(retries=hold.retries + 1,
+                                 head_tries=(hold.head_tries if same_head else 0) + sent.attempts,
+                                 head_failed_at=hold.head_failed_at if same_head else now,
+                                 head_seconds=(hold.head_seconds if same_head else 0.0) + sent.seconds,
+                                 ambiguous=sent.ambiguous, last_error=state.scrub(sent.error) if state else sent.error,
+                                 last_status=sent.http_status)
+            held.set_hold(hold)
+            held.commit(handled, entries, rewrite)
+            retry.set(Timestamp.of(now + self._hold_delay(hold.retries, sent.wait_seconds)))
+            return
+        if entries:  # the firing's time is up: the next one goes on at once
+            held.set_hold(hold)
+            held.commit(handled, entries, rewrite)
+            retry.set(Timestamp.of(self._clock()))
+            return
+        if state is not None:
+            state.metrics.outage_seconds.inc(int(max(0.0, self._clock() - hold.since)) - hold.counted)
+            _LOG.warning("sync %s: Braze answers again; the held requests of this key were sent after %.0f s",
+                         state.sync.name, now - hold.since)
+        held.clear()
+
+    def _hold_delay(self, retries: int, wait_hint: Optional[float]) -> float:
+        return retry_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, self._params.hold_backoff_cap_seconds),
+                           self._params.hold_backoff_cap_seconds, self._rng)
+
+    def _final_round(self, held: HeldQueue):
+        """The input ended: each held request gets what is left of ``max_attempts`` and
+        ``max_retry_seconds`` (the first one has used some already), then a dead letter."""
+        hold = held.hold
+        entries = held.entries()
+        held.clear()
+        self._count_held([p.request for p in entries], -1)
+        for i, parked in enumerate(entries):
+            tries, seconds = (hold.head_tries, hold.head_seconds) if i == 0 else (0, 0.0)
+            attempts_left = self._params.max_attempts - tries
+            seconds_left = self._params.max_retry_seconds - seconds
+            if tries and (attempts_left <= 0 or seconds_left <= 0):
+                still, sent_attempts, sent_seconds, error, status = parked, 0, 0.0, hold.last_error, hold.last_status
+                outputs = []
+            else:
+                outcome = self._send_all([parked.request], max(1, attempts_left), max(0.0, seconds_left),
+                                         first_ambiguous=hold.ambiguous if i == 0 else False,
+                                         first_retrying=tries > 0)
+                outputs = outcome.outputs
+                still = outcome.held[0] if outcome.held else None
+                sent = outcome.first_held
+                if sent is not None:
+                    sent_attempts, sent_seconds, error, status = sent.attempts, sent.seconds, sent.error, sent.http_status
+            yield from outputs
+            if still is None:
+                continue
+            state = self._state_of(still.request)
+            attempts = tries + sent_attempts
+            detail = f"gave up after {attempts} attempt(s) in {seconds + sent_seconds:.1f}s; last error: {error}"
+            for item in still.request.items:
+                yield from self._emit_failure(item, Failure(RETRIES_EXHAUSTED, detail, status, attempts), state)
+
+    def _give_up(self, parked: Parked, reason: str, detail: str, hold: Hold):
+        self._count_held([parked.request], -1)
+        state = self._state_of(parked.request)
+        _LOG.warning("sync %s: %d held objects dead-lettered (%s)", state.sync.name if state else "?",
+                     len(parked.request.items), reason)
+        failure = Failure(reason, detail, hold.last_status, hold.head_tries)
+        for item in parked.request.items:
+            yield from self._emit_failure(item, failure, state)
+
+    def _salvage(self, held: HeldQueue, error: BaseException):
+        """An unexpected error in a timer: what is held is dead-lettered, never retried forever."""
+        failure = failure_of(STAGE, error)
+        count_internal_error(STAGE, failure)
+        try:
+            entries = held.entries()
+        except Exception:  # noqa: BLE001 - the state itself cannot be read
+            entries = []
+        held.clear()
+        for parked in entries:
+            for item in parked.request.items:
+                yield from _dead_letter(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
+
+    # -----------------------------------------------------------------------------------------
+    # Sending: in order, up to max_in_flight at once for requests that share no user.
+
+    def _send_all(self, requests: List[Request], attempts: int, seconds: float,
+                  first_ambiguous: bool = False, first_retrying: bool = False) -> "_Outcome":
+        """Send requests in order; stop starting new ones once one must be held. Returns the
+        outputs of what settled and the held requests (in order) with the first one's ``Sent``."""
+        if self._pool is None or len(requests) == 1:
+            sents = []
+            for i, request in enumerate(requests):
+                sent = self._send_one(request, attempts, seconds, first_ambiguous and i == 0,
+                                      first_retrying and i == 0, None)
+                sents.append(sent)
+                if sent is not None and sent.held:
+                    break
+            sents += [None] * (len(requests) - len(sents))
+        else:
+            sents = self._send_concurrently(requests, attempts, seconds, first_ambiguous, first_retrying)
+        outputs: List = []
+        held: List[Parked] = []
+        first_held = None
+        now = self._clock()
+        for request, sent in zip(requests, sents):
+            state = self._state_of(request)
+            if sent is None:  # not started: waits behind the held one
+                held.append(Parked(request, now))
+                continue
+            if not isinstance(sent, Sent):  # a (Sent, recorded metrics, waits) from a pool thread
+                sent, recorded, waits = sent
+                if state is not None:
+                    recorded.replay(state.metrics)
+                for seconds_waited in waits:
+                    self._report_throttled(seconds_waited)
+            outputs.extend(self._emit(sent.results, state))
+            if sent.held:
+                held.append(Parked(request._replace(items=sent.held), now))
+                first_held = first_held or sent
+        return _Outcome(outputs, held, first_held)
+
+    def _send_one(self, request: Request, attempts: int, seconds: float, ambiguous: bool, retrying: bool, tally):
+        state = self._state_of(request)
+        if state is None:
+            return Sent([(it, Failure(UNKNOWN_SYNC, f"sync {it.sync!r} is not configured for the Braze sink",
+                                      None, 0)) for it in request.items])
+        tally = tally or Tally(state.metrics, self._report_throttled)
+        return self._sender.send(state, request.items, tally, max_attempts=attempts, max_seconds=seconds,
+                                 ambiguous=ambiguous, retrying=retrying)
+
+    def _send_concurrently(self, requests: List[Request], attempts: int, seconds: float, first_ambiguous: bool,
+                           first_retrying: bool):
+        admission = InFlight(self._params.max_in_flight)
+        for i, request in enumerate(requests):
+            admission.add(i, frozenset((it.sync, it.user_key) for it in request.items))
+        results: List = [None] * len(requests)
+        running: Dict[concurrent.futures.Future, int] = {}
+        stop = False
+
+        def on_pool(request, first):
+            waits: List[float] = []
+            tally = Tally(RecordedMetrics(), waits.append)
+            sent = self._send_one(request, attempts, seconds, first and first_ambiguous, first and first_retrying,
+                                  tally)
+            return sent, tally.m, waits
+
+        while True:
+            if not stop:
+                for i in admission.start():
+                    running[self._pool.submit(on_pool, requests[i], i == 0)] = i
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                admission.finish(i)
+                results[i] = future.result()
+                if results[i][0].held:
+                    stop = True
         return results
 
-    def _deliver_on_pool(self, state: SyncState, items: List[BrazeItem]):
-        waits: List[float] = []
-        tally = Tally(RecordedMetrics(), waits.append)
-        return self._deliver(state, items, tally), tally.m, waits
+    # -----------------------------------------------------------------------------------------
 
-    def _settled(self, wait: bool):
-        """Outputs of the batches the pool finished, in their own window, with their metrics."""
-        for (state, window, timestamp), (results, recorded, waits) in self._sender.finished(wait):
-            recorded.replay(state.metrics)
-            for seconds in waits:
-                self._report_throttled(seconds)
-            for output in self._emit(results, state):
-                yield windowed(output, window, timestamp)
+    def _state_of(self, request: Request) -> Optional[SyncState]:
+        return self._states.get(request.items[0].sync) if request.items else None
 
-    def _throttle(self, state: SyncState, tally: Tally) -> None:
-        """Hold a new batch back while most recent requests to this sync were pushed back."""
-        if state.throttler is None:
-            return
-        throttled = 0.0
-        while throttled < MAX_THROTTLE_SECONDS_PER_BATCH and state.hold_back(self._clock() * 1000.0):
-            self._sleep(THROTTLE_DELAY_SECONDS)
-            throttled += THROTTLE_DELAY_SECONDS
-        if throttled:
-            _LOG.info("sync %s: held a batch back %.1f s because Braze pushed back recently",
-                      state.sync.name, throttled)
-            tally.throttled(throttled)
+    def _count_held(self, requests: Iterable[Request], sign: int) -> None:
+        for request in requests:
+            state = self._state_of(request)
+            if state is not None:
+                state.metrics.objects_held.inc(sign * len(request.items))
 
     def _report_throttled(self, seconds: float) -> None:
         total = self._throttled_remainder + seconds
         whole = int(total)
         self._throttled_remainder = total - whole
-        if whole:
+        if whole and self._throttled_seconds is not None:
             self._throttled_seconds.inc(whole)
 
-    def _send(self, state: SyncState, items: List[BrazeItem], budget: Budget,
-              results: List[Tuple[BrazeItem, Optional[Failure]]], tally: Tally) -> None:
-        """Send one request's worth of items until it is settled; append one result per item."""
-        params = self._params
-        m = tally.m
-        attempt = 0
-        auth_refreshed = False
-        ambiguous = False
-        while True:
-            attempt += 1
-            answer = None
-            index_map: dict = {}
-            if attempt > 1:
-                # A retry is a request too: count it in the throttler's history (the answer
-                # is ignored, the retry was already delayed by backoff).
-                state.hold_back(self._clock() * 1000.0)
-            client, key_error = state.client_or_error()
-            key_version = state.version_in_use()
-            if key_error is not None and key_error.permanent:
-                _LOG.error("sync %s: cannot read the Braze API key: %s", state.sync.name, key_error)
-                self._fail_all(results, items, Failure(API_KEY_UNAVAILABLE, str(key_error), None, attempt - 1))
-                return
-            if key_error is not None:
-                verdict = bc.Verdict(bc.RETRY, "secret_unavailable", str(key_error))
-            else:
-                body, index_map = build_track_body(items)
-                m.requests.inc()
-                m.objects_sent.inc(len(items))
-                m.objects_per_request.update(len(items))
-                try:
-                    answer = client.post_track(body)
-                except TransportError as e:
-                    answer = e
-                verdict = classify(answer)
-                if verdict.action != bc.RETRY:
-                    state.answered(self._clock() * 1000.0)
-                else:
-                    state.note_pushback(self._clock() * 1000.0)
-
-            if verdict.action == bc.OK:
-                failed = item_failures(verdict, index_map, attempt)
-                for position, it in enumerate(items):
-                    results.append((it, failed.get(position, AFTER_AMBIGUOUS_RETRY if ambiguous else None)))
-                return
-            if verdict.action == bc.SPLIT:
-                if len(items) == 1:
-                    self._fail_all(results, items, Failure(
-                        bc.PAYLOAD_TOO_LARGE, f"a single object is too large for Braze ({verdict.detail})",
-                        verdict.http_status, attempt))
-                    return
-                middle = len(items) // 2
-                _LOG.info("sync %s: Braze answered %s for %d objects; sending halves",
-                          state.sync.name, verdict.http_status, len(items))
-                self._send(state, items[:middle], budget, results, tally)
-                self._send(state, items[middle:], budget, results, tally)
-                return
-            if verdict.action == bc.REJECT:
-                failed = item_failures(verdict, index_map, attempt)
-                rest = Failure(bc.BRAZE_REJECTED, verdict.detail, verdict.http_status, attempt)
-                for position, it in enumerate(items):
-                    results.append((it, failed.get(position, rest)))
-                return
-            if verdict.action == bc.FAIL:
-                if verdict.reason == bc.BRAZE_AUTH:
-                    m.auth_failures.inc()
-                    if not auth_refreshed and state.refresh_key(key_version):
-                        auth_refreshed = True
-                        _LOG.warning("sync %s: Braze answered 401; the key changed since it was read, "
-                                     "retrying once with the new one", state.sync.name)
-                        continue
-                if verdict.reason in (bc.BRAZE_AUTH, bc.BRAZE_FORBIDDEN, bc.BRAZE_NOT_FOUND,
-                                      bc.BRAZE_UNSUPPORTED_MEDIA):
-                    _LOG.error("sync %s: Braze refused the request (%s, HTTP %s); %d objects dead-lettered. "
-                               "Check the sync's endpoint and API key permissions.",
-                               state.sync.name, verdict.reason, verdict.http_status, len(items))
-                self._fail_all(results, items, Failure(verdict.reason, verdict.detail, verdict.http_status,
-                                                        attempt))
-                return
-
-            # RETRY
-            if verdict.rate_limited:
-                m.rate_limited.inc()
-            header_wait = None
-            if verdict.rate_limited and isinstance(answer, bc.Response):
-                header_wait = retry_wait_seconds(answer.headers, self._clock(),
-                                                 params.max_rate_limit_wait_seconds)
-            remaining = budget.remaining()
-            if attempt >= params.max_attempts or remaining <= 0 or (
-                    header_wait is not None and header_wait > remaining):
-                detail = (f"gave up after {attempt} attempt(s) in {budget.elapsed():.1f}s; "
-                          f"last error: {verdict.detail}")
-                _LOG.warning("sync %s: %d objects dead-lettered, %s", state.sync.name, len(items), detail)
-                self._fail_all(results, items, Failure(RETRIES_EXHAUSTED, detail, verdict.http_status, attempt))
-                return
-            if header_wait is not None:
-                wait = header_wait
-            else:
-                wait = backoff_seconds(attempt, params.backoff_base_seconds, params.backoff_cap_seconds, self._rng)
-            wait = max(0.0, min(wait, remaining))
-            m.retries.inc()
-            if verdict.maybe_applied:
-                # The failed request may have been applied; Braze has no idempotency key,
-                # so this retry may duplicate events (braze-api.md section 6).
-                m.ambiguous_retries.inc()
-                ambiguous = True
-            if wait > 0:
-                self._sleep(wait)
-                budget.waited += wait
-                if verdict.rate_limited:
-                    tally.throttled(wait)
-
-    @staticmethod
-    def _fail_all(results, items, failure: Failure) -> None:
-        results.extend((it, failure) for it in items)
-
-    def _emit(self, results: Sequence[Tuple[BrazeItem, Optional[Failure]]], state: Optional[SyncState]):
-        """``results``: per item, None or AFTER_AMBIGUOUS_RETRY when delivered, else a Failure."""
+    def _emit(self, results, state: Optional[SyncState]) -> List:
+        """Outcomes (and dead letters) of settled objects: None or AFTER_AMBIGUOUS_RETRY when
+        delivered, else a Failure."""
+        out: List = []
         now_ms = self._clock() * 1000.0
-        failed_at = utc_now_iso()
-        m = state.metrics if state is not None else None
         for it, failure in results:
             if failure is None or failure == AFTER_AMBIGUOUS_RETRY:
-                if m is not None:
-                    m.objects_delivered.inc()
+                if state is not None:
+                    state.metrics.objects_delivered.inc()
                     if it.publish_time_ms is not None:
-                        m.delivery_latency_ms.update(max(0, int(now_ms - it.publish_time_ms)))
-                for source in it.sources:
-                    yield Outcome(source, it.sync, it.branch, DELIVERED, failure or "")
-                continue
-            detail = state.scrub(failure.detail) if state is not None else failure.detail
-            if m is not None:
-                m.objects_dead_lettered.inc()
-            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                stage=STAGE, reason=failure.reason, detail=detail, sync=it.sync, data=orjson.dumps(it.obj),
-                payload_type=BRAZE_OBJECT, kind=it.kind, http_status=failure.http_status,
-                attempts=failure.attempts, failed_at=failed_at, sources=tuple(it.sources)))
-            for source in it.sources:
-                yield Outcome(source, it.sync, it.branch, DEAD_LETTERED, failure.reason)
+                        state.metrics.delivery_latency_ms.update(max(0, int(now_ms - it.publish_time_ms)))
+                out.extend(Outcome(source, it.sync, it.branch, DELIVERED, failure or "") for source in it.sources)
+            else:
+                out.extend(self._emit_failure(it, failure, state))
+        return out
+
+    def _emit_failure(self, item: BrazeItem, failure: Failure, state: Optional[SyncState]):
+        if state is not None:
+            state.metrics.objects_dead_lettered.inc()
+        return list(_dead_letter(item, failure, "", state))
+
+
+class _Outcome(NamedTuple):
+    outputs: List
+    held: List[Parked]
+    first_held: Optional[Sent]

@@ -93,6 +93,13 @@ class SyncMetrics:
         self.ambiguous_retries = counter("ambiguous_retries")
         self.rate_limited = counter("rate_limited")
         self.auth_failures = counter("auth_failures")
+        # Outage metrics (README, "Operations"): objects held right now (the counter goes up
+        # when a request is held and down when it leaves the queue), holds begun, seconds spent
+        # holding (summed over batch keys) and the age of the oldest held object.
+        self.objects_held = counter("objects_held")
+        self.outages = counter("outages")
+        self.outage_seconds = counter("outage_seconds")
+        self.oldest_held_age_seconds = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.oldest_held_age_seconds")
         self.objects_per_request = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.objects_per_request")
         self.delivery_latency_ms = Metrics.distribution(METRICS_NAMESPACE, f"{sync_name}.delivery_latency_ms")
 
@@ -167,6 +174,7 @@ class SyncState:
         self._clients: List[BrazeClient] = []  # every open client, for close()
         self._old_keys: List[str] = []  # keys replaced after a 401, still scrubbed from texts
         self._last_pushback_ms: Optional[float] = None
+        self._last_success: Optional[float] = None  # clock seconds of the last request Braze took
 
     def scrub(self, text: str) -> str:
         if not text:
@@ -254,10 +262,16 @@ class SyncState:
                 now_ms - self._last_pushback_ms < THROTTLE_WINDOW_MS
 
     def answered(self, now_ms: float) -> None:
-        """Tell the throttler a request was answered without pushback."""
-        if self.throttler is not None:
-            with self._lock:
+        """A request was answered without pushback (for the throttler, and ``succeeded_since``)."""
+        with self._lock:
+            self._last_success = now_ms / 1000.0
+            if self.throttler is not None:
                 self.throttler.successful_request(now_ms)
+
+    def succeeded_since(self, when: float) -> bool:
+        """Whether Braze answered a request of this sync (from this worker) after ``when``."""
+        with self._lock:
+            return self._last_success is not None and self._last_success > when
 
     def note_pushback(self, now_ms: float) -> None:
         """Braze pushed a request back (429, 5xx, timeout, dropped connection)."""
