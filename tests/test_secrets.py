@@ -225,3 +225,15 @@ def test_every_key_read_good_or_refused_is_scrubbed_from_text_and_logs_afterward
                                  "!#$%&'()*+,-./:;<=>?@[]^`{|}~"])
 def test_printable_ascii_keys_pass(key):
     assert secrets.key_problem(key) is None
+
+
+def test_a_secret_that_is_not_a_key_keeps_its_inner_spaces_and_is_still_scrubbed(monkeypatch):
+    from transforms.scrub import scrub
+    from transforms.secrets import resolve_secret
+
+    password = "abcd efgh ijkl mn\u00f6p"  # an app password: spaces and a non-ASCII letter are fine
+    monkeypatch.setenv("SMTP_PASSWORD_T", f"{password}\n")
+    assert resolve_secret("env:SMTP_PASSWORD_T") == password
+    with pytest.raises(SecretError, match="contains a space at position 5"):
+        resolve_api_key("env:SMTP_PASSWORD_T")
+    assert scrub(f"login failed for {password!r}") == "login failed for '***'"

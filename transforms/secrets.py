@@ -34,8 +34,8 @@ from typing import Any, Optional
 
 from transforms.scrub import install_log_scrubbing, remember_secret
 
-__all__ = ["SecretError", "resolve_api_key", "key_problem", "is_reference", "make_client", "reset_client",
-           "ENV_PREFIX", "EMULATOR_HOST_ENV"]
+__all__ = ["SecretError", "resolve_api_key", "resolve_secret", "key_problem", "is_reference", "make_client",
+           "reset_client", "ENV_PREFIX", "EMULATOR_HOST_ENV"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -72,11 +72,22 @@ def is_reference(reference: Any) -> bool:
 
 
 def resolve_api_key(reference: str, *, client: Any = None) -> str:
-    """Read the key a reference names.
+    """Read the API key a reference names, checked to be usable as one (``key_problem``).
 
     ``client`` is a Secret Manager client to use instead of the process-wide one (tests).
     Raises ``SecretError`` with a message that names the reference and never the key.
     """
+    return _resolve(reference, client, check_key=True)
+
+
+def resolve_secret(reference: str, *, client: Any = None) -> str:
+    """Read a secret that is not an API key (an SMTP password may hold spaces or non-ASCII
+    characters): stripped and remembered for scrubbing like a key, but its characters are not
+    checked. Raises ``SecretError`` as ``resolve_api_key`` does."""
+    return _resolve(reference, client, check_key=False)
+
+
+def _resolve(reference: str, client: Any, check_key: bool) -> str:
     if not isinstance(reference, str):
         raise SecretError(f"api_key reference must be a string, got {type(reference).__name__}")
     if reference.startswith(ENV_PREFIX):
@@ -86,9 +97,9 @@ def resolve_api_key(reference: str, *, client: Any = None) -> str:
         value = os.environ.get(name)
         if value is None:
             raise SecretError(f"environment variable {name} named by the api_key reference is not set")
-        return _checked(value, f"environment variable {name} named by the api_key reference")
+        return _checked(value, f"environment variable {name} named by the api_key reference", check_key)
     if _SECRET_VERSION.fullmatch(reference):
-        return _checked(_access_secret_version(reference, client), f"secret version {reference}")
+        return _checked(_access_secret_version(reference, client), f"secret version {reference}", check_key)
     raise SecretError(
         "api_key must be a reference, env:NAME or projects/P/secrets/S/versions/V; the value given "
         "is neither (it is not shown, in case it is a key)"
@@ -167,7 +178,7 @@ def key_problem(key: str) -> Optional[str]:
     return None
 
 
-def _checked(raw: str, where: str) -> str:
+def _checked(raw: str, where: str, check_key: bool = True) -> str:
     """``raw`` without surrounding whitespace, if it is usable as a key; remembered for scrubbing
     either way (a refused key is still a secret someone meant to keep)."""
     remember_secret(raw)
@@ -176,7 +187,7 @@ def _checked(raw: str, where: str) -> str:
     install_log_scrubbing()
     if not value:
         raise SecretError(f"{where} is empty")
-    problem = key_problem(value)
+    problem = key_problem(value) if check_key else None
     if problem is not None:
         raise SecretError(
             f"{where}: the key {problem} (after removing leading and trailing whitespace); a Braze "
