@@ -9,10 +9,12 @@ configuration"):
 Errors name the reference, never the value, and a string that is neither form is not echoed
 back (it may be a key pasted where the reference belongs).
 
-A key is checked once, when it is read (``key_problem``): leading and trailing whitespace is
-stripped (``echo`` into a secret adds a newline), and a key with whitespace, a control
-character or a non-ASCII character inside is refused with a permanent ``SecretError`` that
-names the reference, the problem and its position, never the key or any part of it. Such a
+A key is checked once, when it is read (``resolve_api_key``, ``key_problem``; other secrets,
+such as an SMTP password, are read by ``resolve_secret`` without that check): leading and
+trailing whitespace is stripped (``echo`` into a secret adds a newline), and a key with
+whitespace, a control character or a non-ASCII character inside is refused with a permanent
+``SecretError`` that names the reference, the problem and its position, never the key or any
+part of it. Such a
 key cannot be a Braze REST API key (printable ASCII), and sending it would make ``requests``
 quote it in an error (``InvalidHeader``) or fail to encode it at all. Every key read, good or
 refused, is remembered (``transforms.scrub.remember_secret``) so that every error text, log
