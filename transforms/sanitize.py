@@ -205,8 +205,6 @@ def clean_properties(properties: Dict[str, object]) -> Tuple[Dict[str, object], 
     return cleaned, changes
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Custom attribute values, as identify sends them
 

@@ -14,12 +14,11 @@ such as an SMTP password, are read by ``resolve_secret`` without that check): le
 trailing whitespace is stripped (``echo`` into a secret adds a newline), and a key with
 whitespace, a control character or a non-ASCII character inside is refused with a permanent
 ``SecretError`` that names the reference, the problem and its position, never the key or any
-part of it. Such a
-key cannot be a Braze REST API key (printable ASCII), and sending it would make ``requests``
-quote it in an error (``InvalidHeader``) or fail to encode it at all. Every key read, good or
-refused, is remembered (``transforms.scrub.remember_secret``) so that every error text, log
-line and dead letter of the process is scrubbed of it, and reading a key installs the log
-scrubbing (``transforms.scrub.install_log_scrubbing``).
+part of it. Such a key cannot be a Braze REST API key (printable ASCII), and sending it would
+make ``requests`` quote it in an error (``InvalidHeader``) or fail to encode it at all. Every
+secret read, good or refused, is remembered (``transforms.scrub.remember_secret``) so that
+every error text, log line and dead letter of the process is scrubbed of it, and reading one
+installs the log scrubbing (``transforms.scrub.install_log_scrubbing``).
 
 Local testing only: when ``SECRET_MANAGER_EMULATOR_HOST=host:port`` is set (like
 ``PUBSUB_EMULATOR_HOST``), the process-wide client talks plain-text gRPC to that address,
