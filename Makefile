@@ -27,7 +27,7 @@ bench: install
 	$(PY) -m bench
 
 # Republish chosen dead letters, e.g.
-#   make replay ARGS="--dead_letter_subscription=projects/P/subscriptions/S --input_topic=projects/P/topics/T --reason=braze_auth"
+#   make replay ARGS="--dead_letter_subscription=projects/P/subscriptions/S --input_topic=projects/P/topics/T --replay_topic=projects/P/topics/R --reason=braze_auth"
 replay: install
 	$(PY) -m pipeline.replay $(ARGS)
 

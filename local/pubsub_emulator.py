@@ -287,9 +287,14 @@ class PubSubEmulator:
         if self.process is None:
             raise RuntimeError("start() the emulator before using its clients")
         if self._subscriber is None:
+            import grpc
             from google.cloud import pubsub_v1
+            from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-            self._subscriber = pubsub_v1.SubscriberClient()
+            # The library's emulator channel keeps gRPC's 4 MB receive limit; Pub/Sub's messages
+            # go to 10 MB (a large dead letter), and production channels have no limit.
+            channel = grpc.insecure_channel(self.host, options=[("grpc.max_receive_message_length", -1)])
+            self._subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
         return self._subscriber
 
     def topic_path(self, name: str) -> str:

@@ -5,6 +5,12 @@ one key per sync, creates the job's topics, writes the syncs file, runs
 ``python -m pipeline.stream`` as a subprocess on the BundleBasedDirectRunner, publishes, and
 drains: it reads the outcome topic until every published event is accounted for, and the
 dead-letter topic. Everything it started stops when the ``with`` block ends.
+
+Keys reach the job as a user's would: ``env:KEY_<n>`` references by default, or, for the syncs
+named in ``from_secret_manager``, ``projects/local/secrets/key-<n>/versions/1`` read from a
+local Secret Manager (``local/secret_manager.py``) through ``SECRET_MANAGER_EMULATOR_HOST``.
+``key_values`` gives a sync a key of the test's choosing (a broken one, say) instead of a
+random one; the simulator accepts only keys that could be sent in a header.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 import yaml
@@ -25,6 +31,8 @@ from local.accounting import Reconciler, event_sources
 from local.braze_sim import BrazeSimulator, SimClient
 from local.pubsub_emulator import PubSubEmulator
 from transforms.dead_letters import sources_of
+from transforms.scrub import renderings
+from transforms.secrets import EMULATOR_HOST_ENV, key_problem
 
 
 class JobFailed(RuntimeError):
@@ -32,19 +40,26 @@ class JobFailed(RuntimeError):
 
 
 class JobOnLocalStack(contextlib.AbstractContextManager):
-    """``syncs``: the syncs document with ``{url}`` for the simulator's URL and ``env:KEY_<n>``
-    references; each sync gets a key of its own."""
+    """``syncs``: the syncs document with ``{url}`` for the simulator's URL; each sync gets a
+    key of its own (``key_values``: sync index → the key to use instead of a random one), read
+    from ``env:KEY_<n>``, or from the local Secret Manager for the indexes in
+    ``from_secret_manager``. ``references[n]`` is the reference the syncs file names."""
 
     def __init__(self, syncs: dict, *, emulator: Optional[PubSubEmulator] = None, job_args: Sequence[str] = (),
-                 sim_options: Optional[dict] = None):
+                 sim_options: Optional[dict] = None, key_values: Optional[Dict[int, str]] = None,
+                 from_secret_manager: Collection[int] = ()):
         self._syncs = syncs
         self._emulator = emulator
         self._job_args = list(job_args)
         self._sim_options = sim_options or {}
+        self._key_values = dict(key_values or {})
+        self._from_secret_manager = set(from_secret_manager)
         self._stack = contextlib.ExitStack()
-        self.keys = {}
+        self.keys = {}  # KEY_<n> → the key of sync n, wherever the job reads it from
+        self.references: List[str] = []
         self.published: List[Tuple[str, bytes]] = []
         self.dead_letters: list = []
+        self.outcome_records: List[bytes] = []  # the outcome topic's messages, as published
         self.reconciler: Optional[Reconciler] = None
         self.job: Optional[subprocess.Popen] = None
 
@@ -65,8 +80,18 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
             self._emulator = stack.enter_context(PubSubEmulator())
         self.emulator = self._emulator
         names = [s["name"] for s in self._syncs["syncs"]]
-        self.keys = {f"KEY_{i}": secrets.token_hex(16) for i in range(len(names))}
-        self.sim = stack.enter_context(BrazeSimulator(api_keys=list(self.keys.values()), **self._sim_options))
+        self.keys = {f"KEY_{i}": self._key_values.get(i, secrets.token_hex(16)) for i in range(len(names))}
+        sendable = [key for key in self.keys.values() if key_problem(key.strip()) is None]
+        self.sim = stack.enter_context(BrazeSimulator(api_keys=sendable, **self._sim_options))
+        env = {name: key for i, (name, key) in enumerate(self.keys.items()) if i not in self._from_secret_manager}
+        self.references = [f"env:KEY_{i}" for i in range(len(names))]
+        if self._from_secret_manager:
+            from local.secret_manager import LocalSecretManager
+
+            secret_manager = stack.enter_context(LocalSecretManager())
+            for i in sorted(self._from_secret_manager):
+                self.references[i] = secret_manager.add_version(f"projects/local/secrets/key-{i}", self.keys[f"KEY_{i}"])
+            env[EMULATOR_HOST_ENV] = secret_manager.address
         self.client = SimClient(self.sim.url)
         run = secrets.token_hex(3)  # names of its own, so a shared emulator is fine
         self._topics = {n: f"{n}-{run}" for n in ("events", "dead-letters", "outcomes")}
@@ -77,7 +102,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
         syncs_path = os.path.join(self.tmp, "syncs.yaml")
         document = orjson.loads(orjson.dumps(self._syncs).replace(b"{url}", self.sim.url.encode()))
         for i, sync in enumerate(document["syncs"]):
-            sync["api_key"] = f"env:KEY_{i}"
+            sync["api_key"] = self.references[i]
         with open(syncs_path, "w") as f:
             yaml.safe_dump(document, f, sort_keys=False)
         self.log_path = os.path.join(self.tmp, "job.log")
@@ -93,7 +118,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
         ]
         with open(self.log_path, "wb") as log:
             self.job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **self.keys}, start_new_session=True)
+                                        env={**os.environ, **env}, start_new_session=True)
         stack.callback(self._stop_job)
         self.reconciler = Reconciler([], names)
 
@@ -126,6 +151,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
             if self.job.poll() is not None:
                 raise JobFailed(f"the job exited with code {self.job.returncode}:\n{self.log_tail()}")
             for message in self.emulator.pull(self._subs["outcomes"], max_messages=1000, timeout=2):
+                self.outcome_records.append(message.data)
                 self.reconciler.add_json(message.data)
             self.dead_letters.extend(self.emulator.pull(self._subs["dead-letters"], max_messages=1000, timeout=0.5))
             if on_poll is not None:
@@ -148,5 +174,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
         return b"\n".join(self.log_text().splitlines()[-lines:]).decode("utf-8", "replace")
 
     def keys_in(self, blob: bytes) -> List[str]:
-        """Names of the keys whose value appears in ``blob`` (must be none)."""
-        return [name for name, key in self.keys.items() if key.encode() in blob]
+        """Names of the keys that appear in ``blob`` in any rendering: raw, ``repr``, JSON,
+        URL-encoded (``transforms.scrub.renderings``). Must be none."""
+        return [name for name, key in self.keys.items()
+                if any(form.encode("utf-8", "surrogatepass") in blob for form in renderings(key))]

@@ -26,7 +26,10 @@ from transforms.identify import DEAD_LETTER_TAG as IDENTIFY_DEAD_LETTERS
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
 from transforms.identify import IdentifyDoFn
 from transforms.parse import ParseEvents
-from transforms.records import DeadLetter, Outcome, ParsedEvent, UserBatch
+from transforms.records import NO_PREDECESSOR, DeadLetter, Outcome, ParsedEvent, UserBatch
+from transforms.replay import DEAD_LETTER_TAG as REPLAY_DEAD_LETTERS
+from transforms.replay import OUTCOME_TAG as REPLAY_OUTCOMES
+from transforms.replay import ReadReplayedObjects
 from transforms.route import RouteToSyncs
 from transforms.secrets import resolve_api_key
 from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, WriteToBraze
@@ -38,8 +41,9 @@ DEFAULT_MAX_ARRAY_LENGTH = 25
 class EventsToBraze(beam.PTransform):
     """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter}``.
 
-    ``replayed``: an optional PCollection of ``UserBatch`` (Braze objects replayed by the
-    operator, already checked) that joins the packer."""
+    ``replayed_messages``: an optional PCollection of the replay subscription's messages
+    (Braze objects an operator replays); each is checked against ``all_syncs`` (the whole
+    syncs file, disabled syncs too) as a fresh object would be, then joins the packer."""
 
     def __init__(
         self,
@@ -58,7 +62,8 @@ class EventsToBraze(beam.PTransform):
         user_state_ttl_days: float = 30.0,
         lateness_seconds: float = DEFAULT_LATENESS_SECONDS,
         max_array_length: Optional[int] = DEFAULT_MAX_ARRAY_LENGTH,
-        replayed=None,
+        replayed_messages=None,
+        all_syncs: Optional[Tuple[Sync, ...]] = None,
         resolve_key: Callable[[str], str] = resolve_api_key,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -74,7 +79,8 @@ class EventsToBraze(beam.PTransform):
         self._identify = dict(ttl_seconds=user_state_ttl_days * 86400.0, clock=clock,
                               lateness_seconds=lateness_seconds, max_array_length=max_array_length)
         self._clock = clock
-        self._replayed = replayed
+        self._replayed = replayed_messages
+        self._all_syncs = tuple(all_syncs) if all_syncs is not None else tuple(syncs)
         self._pack = dict(limit_mode=limit_mode, max_wait_seconds=max_batch_wait_seconds, shards=shards, clock=clock)
         self._write = dict(
             timeout_seconds=timeout_seconds, max_attempts=max_attempts, max_retry_seconds=max_retry_seconds,
@@ -102,7 +108,12 @@ class EventsToBraze(beam.PTransform):
         dead_letters.append(typed(identified[IDENTIFY_DEAD_LETTERS], DeadLetter))
         batches = [routed.track, typed(identified.batches, UserBatch)]
         if self._replayed is not None:
-            batches.append(self._replayed)
+            checked = self._replayed | "ReadReplayedObjects" >> ReadReplayedObjects(self._all_syncs)
+            batches.append(checked.objects | "ReplayedObjectsAsBatches" >> beam.Map(
+                lambda item: UserBatch(item.sync, item.user_key, (item,), 0, NO_PREDECESSOR)
+            ).with_output_types(UserBatch))
+            outcomes.append(typed(checked[REPLAY_OUTCOMES], Outcome))
+            dead_letters.append(typed(checked[REPLAY_DEAD_LETTERS], DeadLetter))
         packed = tuple(batches) | "AllBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
         outcomes.append(packed.outcomes)
         dead_letters.append(packed.dead_letters)

@@ -23,6 +23,7 @@ from pipeline.graph import EventsToBraze
 from pipeline.local_runner import faster_bundle_based_direct_runner
 from pipeline.options import StreamOptions, check_stream_options
 from transforms.outage import parse_duration
+from transforms.scrub import install_log_scrubbing
 from transforms.dead_letters import WriteDeadLetters
 from transforms.outcomes import RecordOutcomes
 
@@ -35,7 +36,8 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
     problems = check_stream_options(opts)
     if problems:
         raise ValueError("invalid options:\n" + "\n".join(f"  {p}" for p in problems))
-    syncs = enabled_syncs(load_syncs(opts.sync_config, allow_insecure_endpoints=opts.allow_insecure_endpoints))
+    all_syncs = load_syncs(opts.sync_config, allow_insecure_endpoints=opts.allow_insecure_endpoints)
+    syncs = enabled_syncs(all_syncs)
     if not syncs:
         raise ConfigError(opts.sync_config, ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
     standard = options.view_as(StandardOptions)
@@ -44,11 +46,17 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
         standard.runner = LOCAL_RUNNER
 
     pipeline = beam.Pipeline(options=options)
+    replayed = None
+    if opts.replay_subscription:
+        replayed = pipeline | "ReadReplaySubscription" >> ReadFromPubSub(
+            subscription=opts.replay_subscription, with_attributes=True)
     results = (
         pipeline
         | "ReadFromPubSub" >> ReadFromPubSub(subscription=opts.input_subscription, with_attributes=True)
         | "EventsToBraze" >> EventsToBraze(
             syncs,
+            replayed_messages=replayed,
+            all_syncs=all_syncs,
             limit_mode=opts.braze_batch_limit_mode,
             max_batch_wait_seconds=opts.max_batch_wait_seconds,
             shards=opts.batch_shards_per_sync,
@@ -85,6 +93,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         _print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_scrubbing()
     try:
         pipeline = build_pipeline(PipelineOptions(argv))
     except (ConfigError, ValueError) as e:

@@ -334,3 +334,94 @@ def test_an_untrusted_certificate_is_refused_before_anything_is_sent(tmp_path):
         assert received == []
     finally:
         server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys that cannot travel in a header, and errors that must not escape or leak
+
+
+def _renderings_absent(text, key):
+    from transforms.scrub import renderings
+
+    return [form for form in renderings(key) if form in text]
+
+
+@pytest.mark.parametrize("key, problem", [
+    ("key-5f0c9d2e\nnever-shown-1", "a line break at position 13"),
+    ("key-5f0c9d2e\r\nnever-shown-2", "a line break at position 13"),
+    ("key-5f0c9d2e never-shown-3", "a space at position 13"),
+    ("key-5f0c9d2e\x00never-shown-4", "a control character at position 13"),
+    ("key-5f0c9d2e\u0151never-shown-5", "a non-ASCII character at position 13"),  # not Latin-1
+    ("key-5f0c9d2e\u00e9never-shown-6", "a non-ASCII character at position 13"),  # Latin-1: would be sent
+])
+def test_a_key_that_cannot_be_a_header_is_never_sent(server, handler, key, problem):
+    client = BrazeClient(server, key, timeout_seconds=2)  # never raises here: the sink builds clients
+    with pytest.raises(TransportError) as e:
+        client.post_track(b"{}")
+    assert (e.value.kind, e.value.permanent, e.value.maybe_applied) == ("invalid_key", True, False)
+    assert problem in e.value.detail and "nothing was sent" in e.value.detail
+    assert handler.seen == []
+    verdict = classify(e.value)
+    assert (verdict.action, verdict.reason) == (bc.FAIL, bc.API_KEY_INVALID)
+    for text in (str(e.value), repr(e.value), verdict.detail):
+        assert _renderings_absent(text, key) == []
+
+
+@pytest.mark.parametrize("key, error_class", [
+    ("key-5f0c9d2e\nnever-shown-7", "InvalidHeader"),  # requests quotes the header through repr
+    ("key-5f0c9d2e\u0151never-shown-8", "UnicodeEncodeError"),  # http.client cannot encode it
+])
+def test_behind_the_check_the_http_stack_errors_are_clean_scrubbed_transport_errors(server, handler, key,
+                                                                                   error_class):
+    """The check above is the first line; this is the second: with it switched off (white-box),
+    what requests and http.client raise for such a key still leaves as a TransportError with
+    no rendering of the key, and no character of it."""
+    client = BrazeClient(server, key, timeout_seconds=2)
+    client._key_problem = None
+    with pytest.raises(TransportError) as e:
+        client.post_track(b"{}")
+    assert (e.value.kind, e.value.permanent) == ("client_error", True)
+    assert error_class in e.value.detail
+    assert _renderings_absent(str(e.value), key) == []
+    assert "\u0151" not in str(e.value) and "\\u0151" not in str(e.value)
+    assert classify(e.value).reason == bc.REQUEST_FAILED
+    assert handler.seen == []
+
+
+def test_any_other_failure_in_the_http_stack_is_a_scrubbed_transport_error(server):
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class Exploding(HTTPAdapter):
+        def send(self, request, **kwargs):
+            raise RuntimeError(f"cannot send {request.headers['Authorization']!r}")
+
+    session = requests.Session()
+    session.mount("http://", Exploding())
+    with pytest.raises(TransportError) as e:
+        BrazeClient(server, KEY, timeout_seconds=2, session=session).post_track(b"{}")
+    assert (e.value.kind, e.value.permanent) == ("client_error", True)
+    assert "RuntimeError" in e.value.detail and "Bearer ***" in e.value.detail
+    assert KEY not in str(e.value)
+
+
+def test_an_error_quoting_the_key_in_any_rendering_is_scrubbed(server):
+    import json
+    import urllib.parse
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    key = 'sk/"quoted"+key=5f0c9d2e'  # valid in a header, but every rendering differs
+
+    class Quoting(HTTPAdapter):
+        def send(self, request, **kwargs):
+            raise requests.exceptions.ConnectionError(
+                f"raw {key} json {json.dumps(key)} url {urllib.parse.quote(key, safe='')} repr {key!r}")
+
+    session = requests.Session()
+    session.mount("http://", Quoting())
+    with pytest.raises(TransportError) as e:
+        BrazeClient(server, key, timeout_seconds=2, session=session).post_track(b"{}")
+    assert e.value.kind == "connection" and not e.value.permanent
+    assert e.value.detail == 'raw *** json "***" url *** repr \'***\''

@@ -143,3 +143,97 @@ def test_secret_manager_bad_payload(payload, text):
 ])
 def test_is_reference(reference, ok):
     assert is_reference(reference) is ok
+
+
+# --- Keys are checked once, at read: what a key may contain
+
+
+BAD_KEYS = [  # (the stored value, what the error must say)
+    ("sk-live-0123\n456789abcdef", "contains a line break at position 13"),
+    ("sk-live-0123\r\n456789abcdef", "contains a line break at position 13"),
+    ("sk-live-0123 456789abcdef", "contains a space at position 13"),
+    ("sk-live-0123\t456789abcdef", "contains a tab at position 13"),
+    ("sk-live-0123\x07456789abcdef", "contains a control character at position 13"),
+    ("sk-live-0123\x7f456789abcdef", "contains a control character at position 13"),
+    ("sk-live-0123\u00a0456789abcdef", "contains a whitespace character at position 13"),
+    ("sk-live-0123\u0151456789abcdef", "contains a non-ASCII character at position 13"),
+    ("sk-live-0123\u00e9456789abcdef", "contains a non-ASCII character at position 13"),
+    ("sk-live-0123\U0001f511456789abcdef", "contains a non-ASCII character at position 13"),
+]
+
+
+def _assert_names_no_part_of(message: str, key: str):
+    """Not the key, and not any run of 4 of its characters (a fragment is a leak too)."""
+    for start in range(len(key) - 3):
+        assert key[start:start + 4] not in message, (key[start:start + 4], message)
+
+
+@pytest.mark.parametrize("value, problem", BAD_KEYS)
+def test_env_key_with_a_bad_character_inside_is_refused_naming_the_reference(monkeypatch, value, problem):
+    monkeypatch.setenv("BRAZE_KEY_BAD", f"{value}\n")  # the trailing newline alone is fine
+    with pytest.raises(SecretError) as e:
+        resolve_api_key("env:BRAZE_KEY_BAD")
+    message = str(e.value)
+    assert message.startswith("environment variable BRAZE_KEY_BAD named by the api_key reference: the key ")
+    assert problem in message and "Nothing was sent" in message
+    assert e.value.permanent
+    _assert_names_no_part_of(message, value)
+
+
+@pytest.mark.parametrize("value, problem", BAD_KEYS)
+def test_secret_manager_key_with_a_bad_character_inside_is_refused_naming_the_version(value, problem):
+    from local.secret_manager import LocalSecretManager  # the real client, against the local server
+
+    with LocalSecretManager() as sm:
+        version = sm.add_version("projects/p1/secrets/braze-key", value + "\n")
+        with pytest.raises(SecretError) as e:
+            resolve_api_key(version, client=sm.client())
+    message = str(e.value)
+    assert message.startswith(f"secret version {version}: the key ") and problem in message
+    assert e.value.permanent
+    _assert_names_no_part_of(message, value)
+
+
+def test_surrounding_whitespace_is_stripped_from_both_sources(monkeypatch):
+    from local.secret_manager import LocalSecretManager
+
+    monkeypatch.setenv("BRAZE_KEY_PADDED", f" \t{KEY}\r\n")
+    assert resolve_api_key("env:BRAZE_KEY_PADDED") == KEY
+    with LocalSecretManager() as sm:
+        version = sm.add_version("projects/p1/secrets/braze-key", f"{KEY}\n")
+        assert resolve_api_key(version, client=sm.client()) == KEY
+
+
+def test_every_key_read_good_or_refused_is_scrubbed_from_text_and_logs_afterwards(monkeypatch, caplog):
+    import logging
+
+    from transforms.scrub import scrub
+
+    good, bad = "sk-good-7c1d2e3f4a5b", "sk-bad-7c1d\n2e3f4a5b"
+    monkeypatch.setenv("BRAZE_KEY_GOOD", good)
+    monkeypatch.setenv("BRAZE_KEY_REFUSED", bad)
+    assert resolve_api_key("env:BRAZE_KEY_GOOD") == good
+    with pytest.raises(SecretError):
+        resolve_api_key("env:BRAZE_KEY_REFUSED")
+    assert scrub(f"a {good} b {bad!r} c") == "a *** b '***' c"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("some.library").info("header %r and %s", f"Bearer {bad}", good)
+    assert caplog.records[-1].getMessage() == "header 'Bearer ***' and ***"
+
+
+@pytest.mark.parametrize("key", ["abc-DEF_123.456~789", "0123456789abcdef0123456789abcdef",
+                                 "!#$%&'()*+,-./:;<=>?@[]^`{|}~"])
+def test_printable_ascii_keys_pass(key):
+    assert secrets.key_problem(key) is None
+
+
+def test_a_secret_that_is_not_a_key_keeps_its_inner_spaces_and_is_still_scrubbed(monkeypatch):
+    from transforms.scrub import scrub
+    from transforms.secrets import resolve_secret
+
+    password = "abcd efgh ijkl mn\u00f6p"  # an app password: spaces and a non-ASCII letter are fine
+    monkeypatch.setenv("SMTP_PASSWORD_T", f"{password}\n")
+    assert resolve_secret("env:SMTP_PASSWORD_T") == password
+    with pytest.raises(SecretError, match="contains a space at position 5"):
+        resolve_api_key("env:SMTP_PASSWORD_T")
+    assert scrub(f"login failed for {password!r}") == "login failed for '***'"

@@ -41,11 +41,12 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from transforms.attribute_values import is_identify_attributes, merge_attribute_items
+from transforms.attribute_values import NOT_ATTRIBUTES, is_identify_attributes, merge_attribute_items
 from transforms.coders import BATCH, ITEM, JsonCoder, RecordCoder, typed
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, KINDS, NO_PREDECESSOR, BrazeItem, DeadLetter, Outcome, \
     Request, UserBatch, utc_now_iso
+from transforms.sanitize import clean_attributes
 
 OUTCOME_TAG = "outcomes"
 DEAD_LETTER_TAG = "dead_letters"
@@ -175,8 +176,18 @@ def collapse(batch: List[BrazeItem]) -> List[BrazeItem]:
             continue
         group = groups.pop(_user(item), None)
         if group is not None:
-            out.append(merge_attribute_items(group) if len(group) > 1 else group[0])
+            out.append(_merged(group) if len(group) > 1 else group[0])
     return out
+
+
+def _merged(group: List[BrazeItem]) -> BrazeItem:
+    """One user's attribute items as one; values are sanitised again because merging can make
+    a value Braze would refuse (two ``inc`` steps summing past 64 bits)."""
+    merged = merge_attribute_items(group)
+    obj, changes, _ = clean_attributes(merged.obj, NOT_ATTRIBUTES)
+    for change in changes:
+        Metrics.counter("sanitize", change).inc()
+    return merged._replace(obj=obj) if changes else merged
 
 
 def pack(items: List[BrazeItem], limits: RequestLimits) -> List[List[BrazeItem]]:

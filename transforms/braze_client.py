@@ -11,7 +11,11 @@ Three separate things live here, none of them Beam-aware:
   policy is built from, tested with tables.
 
 The API key must never reach an exception message, a log line or a repr: ``BrazeClient``
-keeps it only inside the session's headers and scrubs it from any error text it builds.
+keeps it only inside the session's headers and scrubs it, in every rendering
+(``transforms.scrub``), from any error text it builds. A key that cannot travel in a header
+(inner whitespace, control or non-ASCII characters: ``transforms.secrets.key_problem``) is
+never sent: ``post_track`` raises a permanent ``TransportError`` instead, as it does for any
+other failure to build or send the request, so nothing but ``TransportError`` leaves it.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import orjson
 import requests
 
 from transforms.records import ATTRIBUTES, EVENTS, KINDS, PURCHASES, BrazeItem
+from transforms.scrub import scrub
+from transforms.secrets import key_problem
 
 __all__ = [
     "TRACK_PATH",
@@ -51,6 +57,14 @@ BRAZE_NOT_FOUND = "braze_not_found"
 BRAZE_UNSUPPORTED_MEDIA = "braze_unsupported_media"
 BRAZE_UNEXPECTED_STATUS = "braze_unexpected_status"
 PAYLOAD_TOO_LARGE = "payload_too_large"
+API_KEY_INVALID = "api_key_invalid"  # the key cannot be sent in a header; nothing was sent
+REQUEST_FAILED = "request_failed"  # the request could not be built or sent, not Braze's doing
+
+# TransportError kinds. TIMEOUT and CONNECTION are transient (retried); the others permanent.
+TIMEOUT = "timeout"
+CONNECTION = "connection"
+INVALID_KEY = "invalid_key"
+CLIENT_ERROR = "client_error"
 
 _MAX_INPUT_LENGTH = "max input length exceeded"
 _TEXT_SNIPPET_CHARS = 500
@@ -71,16 +85,23 @@ class Response(NamedTuple):
 
 
 class TransportError(Exception):
-    """No HTTP answer: ``kind`` is "timeout" or "connection".
+    """No HTTP answer. ``kind``:
 
-    ``maybe_applied`` is True when the request may have reached Braze before the failure (a
-    read timeout, a connection dropped after sending), so a retry may duplicate events.
+    * "timeout", "connection": transient, worth retrying. ``maybe_applied`` is True when the
+      request may have reached Braze before the failure (a read timeout, a connection dropped
+      after sending), so a retry may duplicate events.
+    * "invalid_key": the API key cannot travel in a header; nothing was sent. Permanent.
+    * "client_error": the request could not be built or sent for another reason (an error in
+      the HTTP stack, not an answer from Braze). Permanent: the same request would fail again.
+
+    ``detail`` is scrubbed of the key in every rendering.
     """
 
-    def __init__(self, kind: str, detail: str, maybe_applied: bool = False):
+    def __init__(self, kind: str, detail: str, maybe_applied: bool = False, permanent: bool = False):
         self.kind = kind
         self.detail = detail
         self.maybe_applied = maybe_applied
+        self.permanent = permanent
         super().__init__(f"{kind}: {detail}")
 
 
@@ -141,6 +162,9 @@ class BrazeClient:
             raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("api_key must be a non-empty string")  # never echo the value
+        # Not raised here: the sink builds clients where an exception would escape. The key is
+        # refused when a request is made, as a permanent TransportError, and never sent.
+        self._key_problem = key_problem(api_key)
         if not timeout_seconds or timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
         self.endpoint = endpoint.rstrip("/")
@@ -171,7 +195,25 @@ class BrazeClient:
 
     def post_track(self, body: bytes) -> Response:
         """POST one body. Returns the answer whatever its status; raises ``TransportError``
-        when there is no answer (timeout, refused, reset)."""
+        when there is no answer (timeout, refused, reset), when the key cannot be sent, or when
+        the request fails in any other way. Nothing else escapes."""
+        if self._key_problem is not None:
+            raise TransportError(INVALID_KEY, f"the API key {self._key_problem}, so it cannot be sent in "
+                                 "an HTTP header; nothing was sent. Store the key again without that "
+                                 "character", False, permanent=True)
+        try:
+            return self._post(body)
+        except TransportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the client's contract: only TransportError leaves
+            # e.g. UnicodeEncodeError from http.client for a header it cannot encode in Latin-1,
+            # whose message quotes the offending character (of the key): left out.
+            what = f"{e.reason} at position {e.start}" if isinstance(e, UnicodeError) and hasattr(e, "start") \
+                else str(e)
+            raise TransportError(CLIENT_ERROR, self._scrub(f"could not send the request: {type(e).__name__}: {what}"),
+                                 False, permanent=True) from None
+
+    def _post(self, body: bytes) -> Response:
         try:
             r = self._session.post(
                 self.url,
@@ -182,14 +224,20 @@ class BrazeClient:
                 verify=True,
             )
         except requests.exceptions.ConnectTimeout as e:
-            raise TransportError("timeout", self._scrub(f"connect timeout: {e}"), False) from None
+            raise TransportError(TIMEOUT, self._scrub(f"connect timeout: {e}"), False) from None
         except requests.exceptions.Timeout as e:  # ReadTimeout: the body may have been read
-            raise TransportError("timeout", self._scrub(f"read timeout: {e}"), True) from None
+            raise TransportError(TIMEOUT, self._scrub(f"read timeout: {e}"), True) from None
         except requests.exceptions.ConnectionError as e:
-            raise TransportError("connection", self._scrub(str(e)), _maybe_sent(e)) from None
+            raise TransportError(CONNECTION, self._scrub(str(e)), _maybe_sent(e)) from None
+        except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as e:
+            # Refused while the request was being prepared: nothing was sent, and it would be
+            # refused again. InvalidHeader quotes the header value, key included, through repr.
+            raise TransportError(CLIENT_ERROR, self._scrub(f"could not send the request: {type(e).__name__}: {e}"),
+                                 False, permanent=True) from None
         except requests.exceptions.RequestException as e:
             # ChunkedEncodingError, ContentDecodingError, ...: the answer broke mid-way.
-            raise TransportError("connection", self._scrub(f"{type(e).__name__}: {e}"), True) from None
+            raise TransportError(CONNECTION, self._scrub(f"{type(e).__name__}: {e}"), True) from None
         headers = {k.lower(): v for k, v in r.headers.items()}
         raw = r.content or b""
         body_json: Optional[dict] = None
@@ -203,7 +251,7 @@ class BrazeClient:
         return Response(r.status_code, body_json, headers, self._scrub(text))
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return scrub(text, (self._key,))
 
 
 def _maybe_sent(exc: BaseException) -> bool:
@@ -232,6 +280,9 @@ def classify(response: Union[Response, TransportError]) -> Verdict:
     """Braze's answer (or the transport failure) → what the sink should do. See DESIGN.md,
     "Braze sink and failures", and braze-api.md sections 1.8 and 2."""
     if isinstance(response, TransportError):
+        if getattr(response, "permanent", False):
+            reason = API_KEY_INVALID if response.kind == INVALID_KEY else REQUEST_FAILED
+            return Verdict(FAIL, reason, response.detail)
         return Verdict(RETRY, reason=response.kind, detail=response.detail,
                        maybe_applied=response.maybe_applied)
     status = response.status

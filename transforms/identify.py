@@ -101,7 +101,7 @@ from transforms.coders import WORK, JsonCoder
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.records import ATTRIBUTES, DEAD_LETTERED, IDENTIFY, NO_PREDECESSOR, SKIPPED, TRACK, BrazeItem, \
     DeadLetter, IdentifyWork, Outcome, UserBatch, utc_now_iso
-from transforms.sanitize import DROP, clean_attribute, clean_value
+from transforms.sanitize import DEFAULT_MAX_ARRAY_LENGTH, OMIT, clean_attribute_value, clean_value
 
 __all__ = [
     "OUTCOME_TAG", "DEFAULT_TTL_SECONDS", "EXPIRY_SLACK", "MAX_TRACKED_VALUES", "ARRAY_ADD_OPS",
@@ -331,16 +331,12 @@ def clean_updates(updates: Iterable[Tuple[str, str, object]], max_array_length: 
     kept, refused = [], []
     for op, name, value in updates:
         if op in ("$set", "$setOnce"):
-            if isinstance(value, list) and max_array_length is not None and len(value) > max_array_length:
-                value = value[-max_array_length:]
-                _count("truncated_array")
-            cleaned, changes = clean_attribute(value)
-            _count(*changes)
-            if cleaned is DROP or not _numbers_in_range(cleaned):
-                refused.append((name, NUMBER_OUT_OF_RANGE if cleaned is not DROP else "unsendable_value"))
-                _count("refused_value")
+            result = clean_attribute_value(value, max_array_length or DEFAULT_MAX_ARRAY_LENGTH)
+            _count(*result.changes)
+            if result.value is OMIT:
+                refused.append((name, result.omitted))
                 continue
-            value = cleaned
+            value = result.value
         elif op == "$add":
             if isinstance(value, int) and not isinstance(value, bool) and not in_braze_number_range(value):
                 refused.append((name, NUMBER_OUT_OF_RANGE))

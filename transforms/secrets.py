@@ -9,6 +9,17 @@ configuration"):
 Errors name the reference, never the value, and a string that is neither form is not echoed
 back (it may be a key pasted where the reference belongs).
 
+A key is checked once, when it is read (``resolve_api_key``, ``key_problem``; other secrets,
+such as an SMTP password, are read by ``resolve_secret`` without that check): leading and
+trailing whitespace is stripped (``echo`` into a secret adds a newline), and a key with
+whitespace, a control character or a non-ASCII character inside is refused with a permanent
+``SecretError`` that names the reference, the problem and its position, never the key or any
+part of it. Such a key cannot be a Braze REST API key (printable ASCII), and sending it would
+make ``requests`` quote it in an error (``InvalidHeader``) or fail to encode it at all. Every
+secret read, good or refused, is remembered (``transforms.scrub.remember_secret``) so that
+every error text, log line and dead letter of the process is scrubbed of it, and reading one
+installs the log scrubbing (``transforms.scrub.install_log_scrubbing``).
+
 Local testing only: when ``SECRET_MANAGER_EMULATOR_HOST=host:port`` is set (like
 ``PUBSUB_EMULATOR_HOST``), the process-wide client talks plain-text gRPC to that address,
 anonymously: the local server in ``local/secret_manager.py``. Never set it on Dataflow.
@@ -19,10 +30,13 @@ import logging
 import os
 import re
 import threading
+import unicodedata
 from typing import Any, Optional
 
-__all__ = ["SecretError", "resolve_api_key", "is_reference", "make_client", "reset_client", "ENV_PREFIX",
-           "EMULATOR_HOST_ENV"]
+from transforms.scrub import install_log_scrubbing, remember_secret
+
+__all__ = ["SecretError", "resolve_api_key", "resolve_secret", "key_problem", "is_reference", "make_client",
+           "reset_client", "ENV_PREFIX", "EMULATOR_HOST_ENV"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,11 +73,22 @@ def is_reference(reference: Any) -> bool:
 
 
 def resolve_api_key(reference: str, *, client: Any = None) -> str:
-    """Read the key a reference names.
+    """Read the API key a reference names, checked to be usable as one (``key_problem``).
 
     ``client`` is a Secret Manager client to use instead of the process-wide one (tests).
     Raises ``SecretError`` with a message that names the reference and never the key.
     """
+    return _resolve(reference, client, check_key=True)
+
+
+def resolve_secret(reference: str, *, client: Any = None) -> str:
+    """Read a secret that is not an API key (an SMTP password may hold spaces or non-ASCII
+    characters): stripped and remembered for scrubbing like a key, but its characters are not
+    checked. Raises ``SecretError`` as ``resolve_api_key`` does."""
+    return _resolve(reference, client, check_key=False)
+
+
+def _resolve(reference: str, client: Any, check_key: bool) -> str:
     if not isinstance(reference, str):
         raise SecretError(f"api_key reference must be a string, got {type(reference).__name__}")
     if reference.startswith(ENV_PREFIX):
@@ -73,12 +98,9 @@ def resolve_api_key(reference: str, *, client: Any = None) -> str:
         value = os.environ.get(name)
         if value is None:
             raise SecretError(f"environment variable {name} named by the api_key reference is not set")
-        value = value.strip()
-        if not value:
-            raise SecretError(f"environment variable {name} named by the api_key reference is empty")
-        return value
+        return _checked(value, f"environment variable {name} named by the api_key reference", check_key)
     if _SECRET_VERSION.fullmatch(reference):
-        return _access_secret_version(reference, client)
+        return _checked(_access_secret_version(reference, client), f"secret version {reference}", check_key)
     raise SecretError(
         "api_key must be a reference, env:NAME or projects/P/secrets/S/versions/V; the value given "
         "is neither (it is not shown, in case it is a key)"
@@ -123,11 +145,55 @@ def _access_secret_version(name: str, client: Any) -> str:
         # Google's access samples check this; a mismatch is corruption in transit.
         raise SecretError(f"secret version {name}: payload checksum mismatch", permanent=False)
     try:
-        value = payload.data.decode("utf-8").strip()
+        return payload.data.decode("utf-8")
     except UnicodeDecodeError:
         raise SecretError(f"secret version {name} is not UTF-8 text") from None
+
+
+def key_problem(key: str) -> Optional[str]:
+    """What makes ``key`` (already stripped) unusable as an API key, or None.
+
+    The answer names the kind of character and its position (from 1), never the character:
+    "contains a line break at position 17". Used where keys are read (here) and again by
+    ``transforms.braze_client.BrazeClient`` for keys that come from elsewhere."""
+    if not isinstance(key, str):
+        return f"is not text ({type(key).__name__})"
+    if not key:
+        return "is empty"
+    for position, char in enumerate(key, start=1):
+        if " " < char < "\x7f":
+            continue  # printable ASCII: the common case
+        if char in "\r\n\u2028\u2029\x85":
+            kind = "a line break"
+        elif char == "\t":
+            kind = "a tab"
+        elif char == " ":
+            kind = "a space"
+        elif unicodedata.category(char) == "Cc":
+            kind = "a control character"
+        elif char.isspace():
+            kind = "a whitespace character"
+        else:
+            kind = "a non-ASCII character"
+        return f"contains {kind} at position {position}"
+    return None
+
+
+def _checked(raw: str, where: str, check_key: bool = True) -> str:
+    """``raw`` without surrounding whitespace, if it is usable as a key; remembered for scrubbing
+    either way (a refused key is still a secret someone meant to keep)."""
+    remember_secret(raw)
+    value = raw.strip()
+    remember_secret(value)
+    install_log_scrubbing()
     if not value:
-        raise SecretError(f"secret version {name} is empty")
+        raise SecretError(f"{where} is empty")
+    problem = key_problem(value) if check_key else None
+    if problem is not None:
+        raise SecretError(
+            f"{where}: the key {problem} (after removing leading and trailing whitespace); a Braze "
+            "REST API key is printable ASCII without spaces, so store it again without that "
+            "character. Nothing was sent with it")
     return value
 
 

@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from pipeline.config import Sync
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient
+from transforms.scrub import scrub
 from transforms.secrets import SecretError
 
 __all__ = ["METRICS_NAMESPACE", "KEY_REFRESH_MIN_SECONDS", "KEY_ERROR_RETRY_SECONDS", "THROTTLE_WINDOW_MS",
@@ -177,12 +178,8 @@ class SyncState:
         self._last_success: Optional[float] = None  # clock seconds of the last request Braze took
 
     def scrub(self, text: str) -> str:
-        if not text:
-            return text
-        for key in (self.key, *self._old_keys):
-            if key:
-                text = text.replace(key, "***")
-        return text
+        """``text`` without this sync's keys, old and new, in any rendering."""
+        return scrub(text, (self.key, *self._old_keys))
 
     def close(self) -> None:
         with self._lock:
