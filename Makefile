@@ -19,8 +19,9 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The streaming job on the local default: emulator + simulator + BundleBasedDirectRunner.
+# ARGS="--events 500" changes the sample; job options go after --: ARGS="-- --braze_max_in_flight=4".
 demo: install
-	$(PY) -m local.demo
+	$(PY) -m local.demo $(ARGS)
 
 # Speed, batching, latency and data points against baselines measured in the same run.
 bench: install

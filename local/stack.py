@@ -47,8 +47,11 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
 
     def __init__(self, syncs: dict, *, emulator: Optional[PubSubEmulator] = None, job_args: Sequence[str] = (),
                  sim_options: Optional[dict] = None, key_values: Optional[Dict[int, str]] = None,
-                 from_secret_manager: Collection[int] = ()):
+                 from_secret_manager: Collection[int] = (), log_path: Optional[str] = None):
+        """``log_path``: where the job's output goes, kept after the block (the caller owns it);
+        by default a file in the block's temporary directory, removed with it."""
         self._syncs = syncs
+        self._log_path = log_path
         self._emulator = emulator
         self._job_args = list(job_args)
         self._sim_options = sim_options or {}
@@ -105,7 +108,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
             sync["api_key"] = self.references[i]
         with open(syncs_path, "w") as f:
             yaml.safe_dump(document, f, sort_keys=False)
-        self.log_path = os.path.join(self.tmp, "job.log")
+        self.log_path = self._log_path or os.path.join(self.tmp, "job.log")
         command = [
             sys.executable, "-m", "pipeline.stream",
             f"--input_subscription={self.emulator.subscription_path(self._subs['events'])}",

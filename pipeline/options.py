@@ -13,6 +13,9 @@ from transforms.outage import parse_duration
 SUBSCRIPTION_RE = re.compile(r"^projects/[^/\s]+/subscriptions/[^/\s]+$")
 TOPIC_RE = re.compile(r"^projects/[^/\s]+/topics/[^/\s]+$")
 
+# The job cannot start without these (``check_stream_options`` says so); ``--help`` marks them.
+REQUIRED_OPTIONS = ("input_subscription", "dead_letter_topic", "sync_config")
+
 
 def _bool(value) -> bool:
     """Flex templates pass every parameter as text: accept true/false as well as the bare flag."""

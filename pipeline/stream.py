@@ -9,7 +9,6 @@ Pub/Sub). On Dataflow the flex template launches the same module.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import List, Optional
@@ -20,8 +19,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.config import ConfigError, enabled_syncs, load_syncs
 from pipeline.graph import EventsToBraze
+from pipeline.cli import help_text, usable_argv
 from pipeline.local_runner import faster_bundle_based_direct_runner
-from pipeline.options import StreamOptions, check_stream_options
+from pipeline.options import REQUIRED_OPTIONS, StreamOptions, check_stream_options
 from transforms.outage import parse_duration
 from transforms.scrub import install_log_scrubbing
 from transforms.dead_letters import WriteDeadLetters
@@ -77,14 +77,12 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
     return pipeline
 
 
+PROG = "python -m pipeline.stream"
+DESCRIPTION = "Stream Amplitude events from Pub/Sub to Braze /users/track, as the syncs file says."
+
+
 def _print_help() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stream",
-        description="Stream Amplitude events from Pub/Sub to Braze /users/track. Beam's own options "
-        "(--runner, --project, --region, ...) are accepted as well.",
-    )
-    StreamOptions._add_argparse_args(parser)
-    parser.print_help()
+    print(help_text(PROG, DESCRIPTION, [StreamOptions], required=REQUIRED_OPTIONS), end="")
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -92,6 +90,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     if "-h" in argv or "--help" in argv:
         _print_help()
         return 0
+    if not usable_argv(argv, [StreamOptions], PROG):
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_scrubbing()
     try:
