@@ -222,6 +222,16 @@ def test_entry_points_run_as_scripts_from_anywhere(job):
     assert f"python -m pipeline.{job}" in done.stdout
 
 
+def test_the_stream_entry_point_asks_for_dataflow_unless_a_runner_is_given():
+    import runpy
+
+    entry = runpy.run_path(os.path.join(ROOT, "templates", "entrypoints", "stream.py"), run_name="entrypoint")
+    assert entry["launcher_argv"](["--sync_config=gs://b/s.yaml"]) == ["--sync_config=gs://b/s.yaml",
+                                                                      "--runner=DataflowRunner"]
+    assert entry["launcher_argv"](["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
+    assert entry["launcher_argv"](["--runner", "DataflowRunner"]) == ["--runner", "DataflowRunner"]
+
+
 RUN_IN_FRESH_VENV = textwrap.dedent("""
     import json, os, sys
     import apache_beam as beam
