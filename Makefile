@@ -3,15 +3,29 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench replay cohort-demo metadata template launch clean
+.PHONY: install lock test demo bench replay cohort-demo metadata bootstrap template launch clean
 
+# Installs from the lock (requirements-dev.txt = requirements.txt, which the image installs,
+# plus the test and bench extras): every package pinned and hash-checked, so local runs and
+# the Dataflow image run the same versions. Wheels only, but google-apitools (sdist only).
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q --require-hashes --only-binary :all: --no-binary google-apitools -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve the lock from setup.py (after changing a dependency there), for the image's
+# Python (3.11, Linux x86_64), with the hashes PyPI publishes. Then `make install`.
+UV_VERSION := 0.13.8
+LOCK := $(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--generate-hashes --custom-compile-command "make lock" --upgrade
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(LOCK) setup.py templates/lock-build.in -o requirements.txt
+	$(LOCK) setup.py templates/lock-build.in --extra test --extra bench -c requirements.txt -o requirements-dev.txt
 
 # Unit, pipeline and integration tests. The fixtures start the Pub/Sub emulator and the
 # Braze simulator themselves and stop them afterwards.
@@ -42,14 +56,22 @@ ENV ?= dev
 metadata: install
 	$(PY) -m templates.build_metadata
 
-# Build the launcher image (Cloud Build) and the flex-template spec for templates/env/$(ENV).json.
-# DRY_RUN=1 prints the gcloud commands instead. Needs gcloud and a GCP project; not run in CI.
+# Create what templates/env/$(ENV).json needs in its (empty) Google Cloud project: APIs,
+# service accounts, bucket, image repository, topics, subscriptions, secrets, grants. Only
+# what is missing; safe to run again. DRY_RUN=1 prints the gcloud commands instead.
+bootstrap: install
+	$(PY) -m templates.deploy bootstrap --env $(ENV) $(if $(DRY_RUN),--dry-run)
+
+# Build the image (Cloud Build: launcher and workers) and the flex-template spec for
+# templates/env/$(ENV).json. DRY_RUN=1 prints the gcloud commands instead. Not run in CI.
 template: install
 	$(PY) -m templates.deploy template --env $(ENV) $(if $(DRY_RUN),--dry-run)
 
-# Upload $(ENV)'s syncs file and start the job; UPDATE=1 updates the running job in place.
+# Upload $(ENV)'s syncs file and start the job; UPDATE=1 updates the running job in place,
+# MAPPINGS="Old/Step=New/Step ..." carries renamed stateful steps' state across the update.
 launch: install
-	$(PY) -m templates.deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update)
+	$(PY) -m templates.deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update) \
+		$(foreach m,$(MAPPINGS),--mapping '$(m)')
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -174,6 +174,23 @@ def build_parameters() -> List[dict]:
     return parameters
 
 
+# Beam's own options that the template declares as parameters too. `make launch` passes the
+# image it built as sdk_container_image, so the workers run the launcher's image and install
+# nothing at start-up (Google's pipeline_with_dependencies sample passes it the same way).
+# Declared because Dataflow checks launch parameters against this file; whether it would also
+# accept an undeclared Beam option is UNCONFIRMED, so we do not rely on it.
+BEAM_PARAMETERS: List[dict] = [
+    {
+        "name": "sdk_container_image",
+        "label": "Worker container image",
+        "helpText": "The container image the workers run: the same image as the template's launcher "
+        "(templates/Dockerfile), so workers install nothing at start-up. make launch sets it.",
+        "isOptional": True,
+        "regexes": [r"^[^\s]+$"],
+    },
+]
+
+
 def build_metadata() -> dict:
     return {
         "name": NAME,
@@ -181,7 +198,7 @@ def build_metadata() -> dict:
         "streaming": True,
         "supportsAtLeastOnce": True,
         "supportsExactlyOnce": True,
-        "parameters": build_parameters(),
+        "parameters": build_parameters() + [dict(p) for p in BEAM_PARAMETERS],
     }
 
 

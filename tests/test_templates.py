@@ -1,5 +1,6 @@
-"""The flex template: metadata.json matches the job's options, env files are valid, the
-Dockerfile names files that exist and pins the Beam that setup.py pins."""
+"""The flex template: metadata.json matches the job's options, env files are valid, and the
+deploy commands pass what the template and the workers need. The image and the lock are in
+tests/test_image.py, bootstrap in tests/test_bootstrap.py."""
 import json
 import os
 import re
@@ -32,7 +33,7 @@ def metadata():
 
 
 def test_parameters_are_exactly_the_pipeline_options(metadata):
-    options = {a.dest for a in option_actions()}
+    options = {a.dest for a in option_actions()} | {p["name"] for p in build_metadata.BEAM_PARAMETERS}
     parameters = [p["name"] for p in metadata["parameters"]]
     assert len(parameters) == len(set(parameters))
     missing, extra = options - set(parameters), set(parameters) - options
@@ -73,6 +74,8 @@ def test_metadata_shape(metadata):
 def test_help_text_comes_from_the_options(metadata):
     helps = {a.dest: " ".join(a.help.split()) for a in option_actions()}
     for p in metadata["parameters"]:
+        if p["name"] == "sdk_container_image":
+            continue
         assert p["helpText"].startswith(helps[p["name"]])
 
 
@@ -88,6 +91,16 @@ def test_regexes_agree_with_the_option_parser(metadata):
         for regex in p.get("regexes", []):
             for value in samples.get(regex, []):
                 PipelineOptions([f"--{p['name']}={value}"]).view_as(StreamOptions)
+
+
+def test_the_worker_image_is_a_parameter_beam_reads(metadata):
+    from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
+
+    (image,) = [p for p in metadata["parameters"] if p["name"] == "sdk_container_image"]
+    assert image["isOptional"] is True
+    value = "us-central1-docker.pkg.dev/p/r/amplitude-braze:1"
+    assert all(re.fullmatch(r, value) for r in image["regexes"])
+    assert PipelineOptions([f"--sdk_container_image={value}"]).view_as(WorkerOptions).sdk_container_image == value
 
 
 def test_metadata_generator_check_mode(tmp_path):
@@ -130,6 +143,7 @@ def test_env_files_are_the_three_environments():
 
 @pytest.mark.parametrize("env", ENVS)
 def test_syncs_files_use_secret_manager_and_braze_hosts(env):
+    assert deploy.env_key_references(deploy.load_env(env)) == []
     from pipeline.config import ALLOWED_ENDPOINTS, load_syncs
 
     syncs = load_syncs(os.path.join(ROOT, "templates", "env", f"syncs.{env}.yaml"))
@@ -148,6 +162,8 @@ def _broken(**changes):
                 document[section].pop(key, None)
             else:
                 document[section][key] = value
+        elif value is None:
+            document.pop(section)
         else:
             document[section] = value
     return deploy.validate(document)
@@ -166,6 +182,12 @@ def _broken(**changes):
     ({"gcloud__max_wrokers": 3}, "gcloud.max_wrokers: unknown setting"),
     ({"syncs_file": "templates/env/nope.yaml"}, "syncs_file: templates/env/nope.yaml does not exist"),
     ({"extra": 1}, "extra: unknown key"),
+    ({"parameters__sdk_container_image": "gcr.io/p/i:1"}, "parameters.sdk_container_image: leave it out"),
+    ({"resources__input_topic": "projects/p/subscriptions/s"}, "resources.input_topic: required, projects/P/topics/NAME"),
+    ({"resources__amplitude_publisher": None}, "resources.amplitude_publisher: required"),
+    ({"resources": None}, "resources: required"),
+    ({"gcloud__image": "gcr.io/p/amplitude-braze:1"}, "gcloud.image: bootstrap creates an Artifact Registry"),
+    ({"gcloud__service_account_email": None}, "gcloud.service_account_email: bootstrap creates"),
 ])
 def test_env_problems_are_reported(changes, expected):
     problems = _broken(**changes)
@@ -180,11 +202,58 @@ def test_env_with_an_invalid_syncs_file_is_refused(tmp_path, monkeypatch):
     assert any(p.startswith("syncs_file: syncs[0].endpoint") for p in problems), problems
 
 
+# --- env: key references (workers have no such variable)
+
+
+def _env_with_syncs(tmp_path, monkeypatch, env, api_key):
+    """A copy of templates/env/<env>.json under ``env`` whose syncs file uses ``api_key``."""
+    env_dir = tmp_path / "templates" / "env"
+    env_dir.mkdir(parents=True)
+    document = deploy.load_env("dev")
+    syncs = read("templates/env/syncs.dev.yaml").replace(
+        "projects/acme-braze-dev/secrets/braze-rest-api-key/versions/latest", api_key)
+    (env_dir / f"syncs.{env}.yaml").write_text(syncs)
+    document["syncs_file"] = f"templates/env/syncs.{env}.yaml"
+    (env_dir / f"{env}.json").write_text(json.dumps(document))
+    monkeypatch.setattr(deploy, "ROOT", str(tmp_path))
+    monkeypatch.setattr(deploy, "ENV_DIR", str(env_dir))
+
+
+@pytest.mark.parametrize("env", ["prod", "staging", "prod-eu"])
+def test_check_refuses_an_env_key_reference_in_prod_and_staging(tmp_path, monkeypatch, capsys, env):
+    _env_with_syncs(tmp_path, monkeypatch, env, "env:BRAZE_API_KEY")
+    assert deploy.main(["check", "--env", env]) == 2
+    err = capsys.readouterr().err
+    assert "sync 'dev' reads its API key from env:BRAZE_API_KEY" in err
+    assert "Dataflow workers do not have" in err and "api_key_unavailable" in err
+    assert "projects/P/secrets/S/versions/V" in err
+    # Launching is refused as well, before any gcloud command is printed.
+    assert deploy.main(["launch", "--env", env, "--dry-run"]) == 2
+    assert "+ gcloud" not in capsys.readouterr().out
+
+
+def test_check_warns_about_an_env_key_reference_elsewhere(tmp_path, monkeypatch, capsys):
+    _env_with_syncs(tmp_path, monkeypatch, "dev", "env:BRAZE_API_KEY")
+    assert deploy.main(["check", "--env", "dev"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: templates/env/dev.json: syncs_file: templates/env/syncs.dev.yaml: "
+                                   "sync 'dev' reads its API key from env:BRAZE_API_KEY")
+    assert captured.out.strip() == "templates/env/dev.json: ok (1 warning(s))"
+
+
+def test_a_secret_manager_reference_gets_no_warning(tmp_path, monkeypatch, capsys):
+    _env_with_syncs(tmp_path, monkeypatch, "prod", "projects/acme/secrets/braze/versions/2")
+    assert deploy.main(["check", "--env", "prod"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.strip() == "templates/env/prod.json: ok"
+
+
 # --- deploy commands
 
 
-def test_launch_passes_every_parameter():
-    document = deploy.checked_env("prod")
+def test_launch_passes_every_parameter_and_the_worker_image():
+    document, warnings = deploy.checked_env("prod")
+    assert warnings == []
     upload, run = deploy.launch_commands(document)
     assert upload[:3] == ["gcloud", "storage", "cp"] and upload[3:5] == [
         "templates/env/syncs.prod.yaml", document["parameters"]["sync_config"]]
@@ -192,9 +261,31 @@ def test_launch_passes_every_parameter():
     flag = [a for a in run if a.startswith("--parameters=")]
     assert len(flag) == 1
     pairs = dict(kv.split("=", 1) for kv in flag[0][len("--parameters="):].split(","))
-    assert pairs == document["parameters"]
+    # The workers run the image the launcher runs: nothing to install at start-up.
+    assert pairs == {**document["parameters"], "sdk_container_image": document["gcloud"]["image"]}
     assert "--enable-streaming-engine" in run and "--update" not in run
-    assert "--update" in deploy.launch_commands(document, update=True)[1]
+    assert not any(a.startswith("--transform-name-mappings") for a in run)
+
+
+def test_update_with_renamed_steps_passes_the_mappings(capsys):
+    assert deploy.main(["launch", "--env", "prod", "--dry-run", "--update",
+                        "--mapping", "EventsToBraze/Identify=EventsToBraze/IdentifyUsers",
+                        "--mapping", "EventsToBraze/PackRequests/Pack=EventsToBraze/Pack"]) == 0
+    run = shlex.split(capsys.readouterr().out.splitlines()[-1][2:])
+    assert "--update" in run
+    assert ("--transform-name-mappings=EventsToBraze/Identify=EventsToBraze/IdentifyUsers,"
+            "EventsToBraze/PackRequests/Pack=EventsToBraze/Pack") in run
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mapping", "A=B"], "--mapping only applies with --update"),
+    (["--update", "--mapping", "A"], "--mapping wants OLD=NEW"),
+])
+def test_bad_mappings_are_refused(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        deploy.main(["launch", "--env", "prod", "--dry-run", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_parameters_flag_escapes_commas():
@@ -202,11 +293,28 @@ def test_parameters_flag_escapes_commas():
     assert flag == "--parameters=^~^a=x,y~b=z"
 
 
-def test_template_commands_build_from_the_dockerfile():
-    build, spec = deploy.template_commands(deploy.checked_env("dev"))
+def test_template_commands_build_one_image_with_two_entry_points():
+    document, _ = deploy.checked_env("dev")
+    build, spec = deploy.template_commands(document)
+    image = document["gcloud"]["image"]
     assert "--config=templates/cloudbuild.yaml" in build and build[-1] == "."
+    assert (f"--substitutions=_IMAGE={image},"
+            "_COHORTS_IMAGE=us-central1-docker.pkg.dev/acme-braze-dev/dataflow/amplitude-braze-cohorts:0.1.0") in build
+    assert f"--image={image}" in spec
     assert "--metadata-file=templates/metadata.json" in spec and "--sdk-language=PYTHON" in spec
-    assert "templates/Dockerfile" in read("templates/cloudbuild.yaml")
+    cloudbuild = read("templates/cloudbuild.yaml")
+    assert '"--target", "stream", "--tag", "${_IMAGE}"' in cloudbuild
+    assert '"--target", "cohorts", "--tag", "${_COHORTS_IMAGE}"' in cloudbuild
+    assert 'images: ["${_IMAGE}", "${_COHORTS_IMAGE}"]' in cloudbuild
+
+
+@pytest.mark.parametrize("image, expected", [
+    ("r-docker.pkg.dev/p/repo/amplitude-braze:0.1.0", "r-docker.pkg.dev/p/repo/amplitude-braze-cohorts:0.1.0"),
+    ("r-docker.pkg.dev/p/repo/amplitude-braze", "r-docker.pkg.dev/p/repo/amplitude-braze-cohorts"),
+    ("localhost:5000/amplitude-braze", "localhost:5000/amplitude-braze-cohorts"),
+])
+def test_cohorts_image_name(image, expected):
+    assert deploy.cohorts_image(image) == expected
 
 
 def test_deploy_dry_run_prints_and_runs_nothing(capsys):
@@ -220,63 +328,3 @@ def test_deploy_dry_run_prints_and_runs_nothing(capsys):
 def test_deploy_refuses_an_unknown_env(capsys):
     assert deploy.main(["check", "--env", "nowhere"]) == 2
     assert "no such file" in capsys.readouterr().err
-
-
-# --- Dockerfile
-
-
-def _dockerfile():
-    return read("templates/Dockerfile")
-
-
-def test_dockerfile_base_image_and_entry_points():
-    text = _dockerfile()
-    assert re.search(r"^FROM gcr\.io/dataflow-templates-base/python311-template-launcher-base\b", text, re.M)
-    env = dict(re.findall(r"^ENV (\w+)=(\S+)", text, re.M))
-    assert env["FLEX_TEMPLATE_PYTHON_PY_FILE"] == "/template/pipeline/stream.py"
-    assert env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"] == "/template/setup.py"
-    assert "pip check" in text
-
-
-def test_every_path_the_dockerfile_names_exists():
-    text = _dockerfile()
-    copies = re.findall(r"^COPY\s+(\S+)\s+(\S+)", text, re.M)
-    assert copies
-    in_image = {}
-    for source, target in copies:
-        assert os.path.exists(os.path.join(ROOT, source)), f"COPY {source}: not in the repository"
-        in_image[target.rstrip("/")] = source
-    for path in re.findall(r"(/template/[\w./-]+)", text):
-        # Every /template/... path must be something a COPY put there.
-        assert any(path == t or path.startswith(t + "/") for t in in_image), f"{path}: nothing copies it"
-        source = next(in_image[t] + path[len(t):] for t in in_image if path == t or path.startswith(t + "/"))
-        assert os.path.exists(os.path.join(ROOT, source)), f"{path} → {source}: missing"
-
-
-def test_dockerfile_copies_every_package_the_job_imports():
-    text = _dockerfile()
-    for package in ("pipeline", "transforms"):
-        assert re.search(rf"^COPY {package} /template/{package}$", text, re.M)
-
-
-def test_beam_pin_matches_setup_py():
-    from packaging.requirements import Requirement
-
-    beam_arg = re.search(r"^ARG BEAM_VERSION=(\S+)$", _dockerfile(), re.M).group(1)
-    requirement = Requirement(re.search(r'^BEAM = "([^"]+)"', read("setup.py"), re.M).group(1))
-    assert requirement.name == "apache-beam" and "gcp" in requirement.extras
-    assert requirement.specifier.contains(beam_arg), f"Dockerfile Beam {beam_arg} is outside setup.py's {requirement}"
-    assert '"apache-beam[gcp]==${BEAM_VERSION}"' in _dockerfile()
-    import apache_beam
-
-    assert apache_beam.__version__ == beam_arg, "the venv's Beam should be the one the image installs"
-
-
-def test_entry_point_runs_as_a_script():
-    # The launcher runs FLEX_TEMPLATE_PYTHON_PY_FILE as `python /template/pipeline/stream.py`,
-    # from another directory, with the package installed: the imports must resolve.
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "pipeline", "stream.py"), "--help"],
-                          capture_output=True, text=True, timeout=120, cwd="/")
-    assert done.returncode == 0, done.stderr
-    for action in option_actions():
-        assert f"--{action.dest}" in done.stdout
