@@ -42,7 +42,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from transforms.attribute_values import NOT_ATTRIBUTES, is_identify_attributes, merge_attribute_items
-from transforms.coders import BATCH, ITEM, JsonCoder, RecordCoder, typed
+from transforms.coders import BATCH, ITEM, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, KINDS, NO_PREDECESSOR, BrazeItem, DeadLetter, Outcome, \
     Request, UserBatch, utc_now_iso
@@ -258,10 +258,10 @@ class _PackDoFn(beam.DoFn):
     (end of input or drain: flush what is left).
     """
 
-    HELD = BagStateSpec("held", RecordCoder(UserBatch, BATCH))
+    HELD = BagStateSpec("held", STATE_CODER)
     RELEASE_AT = ReadModifyWriteStateSpec("release_at", VarIntCoder())
-    ITEMS = BagStateSpec("items", RecordCoder(BrazeItem, ITEM))
-    FILL = ReadModifyWriteStateSpec("fill", JsonCoder())
+    ITEMS = BagStateSpec("items", STATE_CODER)
+    FILL = ReadModifyWriteStateSpec("fill", STATE_CODER)
     NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
     RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
     BUFFERING = TimerSpec("buffering_end", TimeDomain.REAL_TIME)
@@ -282,10 +282,11 @@ class _PackDoFn(beam.DoFn):
                 next_seq=beam.DoFn.StateParam(NEXT_SEQ), release=beam.DoFn.TimerParam(RELEASE),
                 buffering=beam.DoFn.TimerParam(BUFFERING), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         key, batch = element
+        held, items, fill = JsonBag(held, BATCH), JsonBag(items, ITEM), JsonValue(fill)
         if timestamp.micros >= window.max_timestamp().micros - END_OF_WINDOW_MICROS:
             # Made when the input ended (identify's last flush): everything before it has
             # arrived, and a timer set now might never fire, so all of it goes at once.
-            ready, _ = release_plan(list(held.read()) + [batch], MAX_TIMESTAMP.micros)
+            ready, _ = release_plan(held.read() + [batch], MAX_TIMESTAMP.micros)
             held.clear()
             release_at.clear()
             request = _Request(items, fill, next_seq, buffering)
@@ -309,7 +310,8 @@ class _PackDoFn(beam.DoFn):
                    items=beam.DoFn.StateParam(ITEMS), fill=beam.DoFn.StateParam(FILL),
                    next_seq=beam.DoFn.StateParam(NEXT_SEQ), release=beam.DoFn.TimerParam(RELEASE),
                    buffering=beam.DoFn.TimerParam(BUFFERING), window_end=beam.DoFn.TimerParam(WINDOW_END)):
-        ready, keep = release_plan(list(held.read()), fired_at.micros)
+        held, items, fill = JsonBag(held, BATCH), JsonBag(items, ITEM), JsonValue(fill)
+        ready, keep = release_plan(held.read(), fired_at.micros)
         held.clear()
         for batch in keep:
             held.add(batch)
@@ -328,7 +330,7 @@ class _PackDoFn(beam.DoFn):
     def on_buffering_end(self, key=beam.DoFn.KeyParam, items=beam.DoFn.StateParam(ITEMS),
                          fill=beam.DoFn.StateParam(FILL), next_seq=beam.DoFn.StateParam(NEXT_SEQ),
                          buffering=beam.DoFn.TimerParam(BUFFERING)):
-        request = _Request(items, fill, next_seq, buffering)
+        request = _Request(JsonBag(items, ITEM), JsonValue(fill), next_seq, buffering)
         yield from self._guard_timer((), lambda: list(self._flush(key, request)), request)
 
     @on_timer(WINDOW_END)
@@ -338,7 +340,8 @@ class _PackDoFn(beam.DoFn):
                       buffering=beam.DoFn.TimerParam(BUFFERING), window=beam.DoFn.WindowParam,
                       window_end=beam.DoFn.TimerParam(WINDOW_END)):
         # The input ended (or the job drains): every held batch's predecessor has arrived.
-        ready, _ = release_plan(list(held.read()), MAX_TIMESTAMP.micros)
+        held, items, fill = JsonBag(held, BATCH), JsonBag(items, ITEM), JsonValue(fill)
+        ready, _ = release_plan(held.read(), MAX_TIMESTAMP.micros)
         held.clear()
         release_at.clear()
         request = _Request(items, fill, next_seq, buffering)

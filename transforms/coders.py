@@ -24,7 +24,8 @@ from transforms.records import (
     BrazeItem, DeadLetter, IdentifyWork, Outcome, ParsedEvent, Request, UserBatch,
 )
 
-__all__ = ["JsonCoder", "RecordCoder", "DeadLetterCoder", "register", "typed", "ITEM", "WORK", "BATCH", "REQUEST"]
+__all__ = ["JsonCoder", "RecordCoder", "DeadLetterCoder", "register", "typed", "ITEM", "WORK", "BATCH", "REQUEST",
+           "STATE_CODER", "JsonValue", "JsonBag"]
 
 
 def _default(value):
@@ -199,3 +200,52 @@ def typed(pcoll, type_hint):
     element type of one output, as ``with_output_types`` does for a main output."""
     pcoll.element_type = convert_to_beam_type(type_hint)
     return pcoll
+
+
+# --------------------------------------------------------------------------------------------
+# State cells. State is stored as orjson bytes under Beam's standard BytesCoder, not under a
+# coder of ours: a running job's state must stay readable by the next version of the job
+# (``--update``), and a standard coder's spec never changes, while a custom coder's spec is a
+# pickle of its class and changes when the class moves. The JSON inside is ours to evolve.
+
+STATE_CODER = coders.BytesCoder()
+
+
+class JsonValue:
+    """A ReadModifyWrite cell holding one JSON value (or record, rebuilt by ``rebuild``)."""
+
+    def __init__(self, cell, rebuild: Callable[[Any], Any] = None):
+        self._cell = cell
+        self._rebuild = rebuild
+
+    def read(self):
+        raw = self._cell.read()
+        if raw is None:
+            return None
+        value = orjson.loads(raw)
+        return self._rebuild(value) if self._rebuild is not None else value
+
+    def write(self, value) -> None:
+        self._cell.write(_dumps(value))
+
+    def clear(self) -> None:
+        self._cell.clear()
+
+
+class JsonBag:
+    """A Bag cell of JSON values (or records, rebuilt by ``rebuild``); ``read`` decodes all."""
+
+    def __init__(self, cell, rebuild: Callable[[Any], Any] = None):
+        self._cell = cell
+        self._rebuild = rebuild
+
+    def read(self) -> list:
+        rebuild = self._rebuild
+        values = [orjson.loads(raw) for raw in self._cell.read()]
+        return [rebuild(v) for v in values] if rebuild is not None else values
+
+    def add(self, value) -> None:
+        self._cell.add(_dumps(value))
+
+    def clear(self) -> None:
+        self._cell.clear()

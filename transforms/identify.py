@@ -97,7 +97,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms.attribute_values import MISSING, NOT_ATTRIBUTES, contains, edit_known_list, \
     is_identify_attributes, is_number, is_operation, is_scalar, merge_attribute_items, merge_attribute_value, \
     same, unique
-from transforms.coders import WORK, JsonCoder
+from transforms.coders import STATE_CODER, WORK, JsonBag, JsonValue
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.records import ATTRIBUTES, DEAD_LETTERED, IDENTIFY, NO_PREDECESSOR, SKIPPED, TRACK, BrazeItem, \
     DeadLetter, IdentifyWork, Outcome, UserBatch, utc_now_iso
@@ -462,8 +462,8 @@ class IdentifyDoFn(beam.DoFn):
     the last ``tau``; the buffer holds the user's updates of the last ``lateness_seconds``.
     """
 
-    USER = ReadModifyWriteStateSpec("user", JsonCoder())
-    PENDING = BagStateSpec("pending", JsonCoder())
+    USER = ReadModifyWriteStateSpec("user", STATE_CODER)
+    PENDING = BagStateSpec("pending", STATE_CODER)
     FLUSH_DUE = ReadModifyWriteStateSpec("flush_due", FloatCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
@@ -498,10 +498,10 @@ class IdentifyDoFn(beam.DoFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         key, work = element
         if self._lateness <= 0:
-            yield from self._apply(key, [work], timestamp, user_state, expiry)
+            yield from self._apply(key, [work], timestamp, JsonValue(user_state), expiry)
             return
         now = self._clock()
-        pending.add([now, work])
+        JsonBag(pending).add([now, work])
         if flush_due.read() is None:
             flush.set(Timestamp.of(now + self._lateness))
             flush_due.write(now + self._lateness)
@@ -525,6 +525,7 @@ class IdentifyDoFn(beam.DoFn):
         yield from self._flush(key, fired_at, True, user_state, pending, flush_due, flush, expiry)
 
     def _flush(self, key, fired_at, input_ended, user_state, pending, flush_due, flush, expiry):
+        user_state, pending = JsonValue(user_state), JsonBag(pending)
         entries = [_Pending(a, WORK(w)) for a, w in pending.read()]
         if not entries:
             flush_due.clear()

@@ -47,7 +47,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
-from transforms.coders import REQUEST, JsonCoder, RecordCoder, typed
+from transforms.coders import REQUEST, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import Failure as StageFailure
 from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of, guarded
 from transforms.inflight import InFlight
@@ -197,6 +197,10 @@ def _parked(fields) -> Parked:
     return Parked(REQUEST(fields[0]), fields[1])
 
 
+def _held_queue(queue, hold) -> HeldQueue:
+    return HeldQueue(JsonBag(queue, _parked), JsonValue(hold))
+
+
 def _failed_request(dofn, element, failure: StageFailure):
     """``guarded``'s fallback: every object of the request is dead-lettered."""
     request = element[1] if isinstance(element, tuple) and len(element) == 2 else element
@@ -228,10 +232,10 @@ class _BrazeSinkDoFn(beam.DoFn):
     ``next_seq``; per held request one bag append."""
 
     NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
-    EARLY = BagStateSpec("early", RecordCoder(Request, REQUEST))
+    EARLY = BagStateSpec("early", STATE_CODER)
     EARLY_COUNT = ReadModifyWriteStateSpec("early_count", VarIntCoder())
-    QUEUE = BagStateSpec("queue", RecordCoder(Parked, _parked))
-    HOLD = ReadModifyWriteStateSpec("hold", JsonCoder())
+    QUEUE = BagStateSpec("queue", STATE_CODER)
+    HOLD = ReadModifyWriteStateSpec("hold", STATE_CODER)
     RETRY = TimerSpec("retry", TimeDomain.REAL_TIME)
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
 
@@ -294,10 +298,10 @@ class _BrazeSinkDoFn(beam.DoFn):
         if self._sender is None:
             self.setup()
         _, request = element
-        due = self._in_order(request, next_seq, early, early_count)
+        due = self._in_order(request, next_seq, JsonBag(early, REQUEST), early_count)
         if not due:
             return
-        held = HeldQueue(queue, hold)
+        held = _held_queue(queue, hold)
         now = self._clock()
         if held.active():
             self._count_held(due, +1)
@@ -344,7 +348,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                  retry=beam.DoFn.TimerParam(RETRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         if self._sender is None:
             self.setup()
-        held = HeldQueue(queue, hold)
+        held = _held_queue(queue, hold)
         if not held.active():
             return
         now = self._clock()
@@ -363,7 +367,8 @@ class _BrazeSinkDoFn(beam.DoFn):
         """End of a bounded input, or a drain: last round for what is held or still early."""
         if self._sender is None:
             self.setup()
-        held = HeldQueue(queue, hold)
+        held = _held_queue(queue, hold)
+        early = JsonBag(early, REQUEST)
         try:
             leftovers = sorted(early.read(), key=lambda r: r.seq) if early_count.read() else []
             early.clear()
