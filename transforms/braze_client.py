@@ -1,4 +1,5 @@
-"""The Braze /users/track transport and the pure rules the sink applies to its answers.
+"""The Braze /users/track (and /users/identify) transport and the pure rules the sink applies
+to its answers.
 
 Three separate things live here, none of them Beam-aware:
 
@@ -27,13 +28,14 @@ import requests
 from transforms.records import ATTRIBUTES, EVENTS, KINDS, PURCHASES, BrazeItem
 
 __all__ = [
-    "TRACK_PATH",
+    "TRACK_PATH", "IDENTIFY_PATH",
     "OK", "SPLIT", "REJECT", "FAIL", "RETRY",
     "Response", "TransportError", "ItemError", "Verdict",
     "build_track_body", "BrazeClient", "classify", "retry_wait_seconds", "backoff_seconds",
 ]
 
 TRACK_PATH = "/users/track"
+IDENTIFY_PATH = "/users/identify"  # bodies: transforms.anonymous.identify_bodies
 
 # Verdict actions: what the sink should do with the batch it sent.
 OK = "ok"  # accepted; objects named in item_errors failed, the rest are delivered
@@ -128,7 +130,7 @@ def build_track_body(items: Sequence[BrazeItem]) -> Tuple[bytes, Dict[Tuple[str,
 
 
 class BrazeClient:
-    """Posts bodies to ``{endpoint}/users/track`` over one reusable session.
+    """Posts bodies to ``{endpoint}/users/track`` (or ``/users/identify``) over one reusable session.
 
     It only sends and reports: status codes are not interpreted here (see ``classify``).
     Redirects are not followed (a redirect would re-send the key to another host), TLS is
@@ -172,9 +174,16 @@ class BrazeClient:
     def post_track(self, body: bytes) -> Response:
         """POST one body. Returns the answer whatever its status; raises ``TransportError``
         when there is no answer (timeout, refused, reset)."""
+        return self._post(self.url, body)
+
+    def post_identify(self, body: bytes) -> Response:
+        """POST one ``/users/identify`` body; the same contract as ``post_track``."""
+        return self._post(self.endpoint + IDENTIFY_PATH, body)
+
+    def _post(self, url: str, body: bytes) -> Response:
         try:
             r = self._session.post(
-                self.url,
+                url,
                 data=body,
                 headers=self._headers,
                 timeout=(self.timeout_seconds, self.timeout_seconds),
