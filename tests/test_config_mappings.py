@@ -1,20 +1,11 @@
 """The syncs file's mappings, anonymous identifier and Braze-name rules (issues 12, 16, 17):
 what is accepted, what is refused with which message, and the JSON Schema's agreement."""
 import json
-import os
 
-import jsonschema
 import pytest
 
 from pipeline.config import AnonymousIdentifier, ConfigError, FieldMapping, Identifier, parse_syncs
-
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "pipeline", "syncs.schema.json")
-
-
-def minimal(**overrides):
-    sync = {"name": "s", "endpoint": "https://rest.iad-01.braze.com", "api_key": "env:K"}
-    sync.update(overrides)
-    return {"syncs": [sync]}
+from tests.test_config import minimal, problems, validator  # noqa: F401  (validator: the schema fixture)
 
 
 def users(**section):
@@ -27,20 +18,6 @@ def events(**section):
 
 def anonymous(anon, **identifier):
     return minimal(identifier={**identifier, "anonymous": anon})
-
-
-def problems(document):
-    with pytest.raises(ConfigError) as info:
-        parse_syncs(document)
-    return info.value.problems
-
-
-@pytest.fixture(scope="module")
-def validator():
-    with open(SCHEMA_PATH) as f:
-        schema = json.load(f)
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
 
 
 # ---------------------------------------------------------------------------- accepted

@@ -64,23 +64,13 @@ class MappedProperties(NamedTuple):
     changes: List[str]  # what transforms.sanitize changed, one name per change (count as sanitize.<name>)
 
 
-def _walk(value, parts: Tuple[str, ...]):
-    for part in parts:
-        if not isinstance(value, dict):
-            return MISSING
-        value = value.get(part, MISSING)
-        if value is MISSING:
-            return MISSING
-    return value
-
-
 class UserMappings:
     """A sync's user properties and ``users.mappings``, compiled. ``targets``: every Braze name
     it can update, for ``apply_updates(..., selected=targets)``."""
 
     def __init__(self, properties: Sequence[str] = (), mappings: Sequence[FieldMapping] = ()):
         by_property: Dict[str, List[str]] = {}  # a user property's literal name → its Braze names
-        nested: List[Tuple[Tuple[str, ...], str]] = []  # (path inside user_properties, Braze name)
+        nested: List[Tuple[Callable, str]] = []  # (getter of a path inside user_properties, Braze name)
         fields: List[Tuple[Callable, str]] = []  # (getter of a field outside user_properties, Braze name)
         for name in properties:
             by_property.setdefault(name, []).append(name)
@@ -88,8 +78,8 @@ class UserMappings:
             if mapping.source.startswith(_USER_PROPERTIES):
                 name = mapping.source[len(_USER_PROPERTIES):]
                 by_property.setdefault(name, []).append(mapping.target)
-                if "." in name:
-                    nested.append((tuple(name.split(".")), mapping.target))
+                if "." in name and not name.startswith("$"):
+                    nested.append((compile_path(name), mapping.target))
             else:
                 fields.append((compile_path(mapping.source), mapping.target))
         self._by_property = {name: tuple(targets) for name, targets in by_property.items()}
@@ -145,9 +135,9 @@ class UserMappings:
                                 if target not in seen:
                                     seen.add(target)
                                     out.append((key, target, value))
-                    for parts, target in nested:
+                    for get, target in nested:
                         if target not in seen:
-                            value = _walk(operands, parts)
+                            value = get(operands)
                             if value is not MISSING:
                                 seen.add(target)
                                 out.append((key, target, value))
@@ -158,9 +148,9 @@ class UserMappings:
                         if target not in seen:
                             seen.add(target)
                             out.append(("$set", target, operands))
-        for parts, target in nested:  # a snapshot's nested objects
-            if target not in seen and parts[0][:1] != "$":
-                value = _walk(user_properties, parts)
+        for get, target in nested:  # a snapshot's nested objects
+            if target not in seen:
+                value = get(user_properties)
                 if value is not MISSING and value is not None:
                     seen.add(target)
                     out.append(("$set", target, value))
