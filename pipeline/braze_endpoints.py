@@ -29,7 +29,6 @@ ALLOWED_ENDPOINTS = tuple(
 _ALLOWED_ENDPOINT_SET = frozenset(ALLOWED_ENDPOINTS)
 
 
-
 def compact_hosts(endpoints) -> str:
     """The endpoints' hosts, runs of numbered clusters folded: ``rest.iad-01..08.braze.com``."""
     groups: dict = {}  # (cluster letters, domain) -> cluster numbers, in first-seen order

@@ -236,8 +236,7 @@ class _SyncsValidator(SelectRules, MappingRules, Validator):
                 id_type, ok = None, False
         source = "user_id"
         if "source" in im:
-            source = self.string(im, "source", p, pattern=DOTTED_PATH_RE,
-                                 pattern_text=DOTTED_PATH_TEXT)
+            source = self.string(im, "source", p, pattern=DOTTED_PATH_RE, pattern_text=DOTTED_PATH_TEXT)
             ok = ok and source is not None
         alias_label = None
         if id_type == "user_alias":
@@ -267,8 +266,7 @@ class _SyncsValidator(SelectRules, MappingRules, Validator):
                                               f"({choice_hint(anon_type, ANONYMOUS_TYPES)})")
         source = "device_id"
         if "source" in am:
-            source = self.string(am, "source", path, pattern=DOTTED_PATH_RE,
-                                 pattern_text=DOTTED_PATH_TEXT)
+            source = self.string(am, "source", path, pattern=DOTTED_PATH_RE, pattern_text=DOTTED_PATH_TEXT)
         if source is not None and source == main_source:
             self.add(join_path(path, "source"), f"must differ from identifier.source ({main_source!r})")
         alias_label = self.string(am, "alias_label", path)

@@ -180,8 +180,7 @@ class MappingRules:
             entry = self.mapping(item, ip, MAPPING_KEYS, required=MAPPING_KEYS)
             if entry is None:
                 continue
-            source = self.string(entry, "from", ip, pattern=DOTTED_PATH_RE,
-                                 pattern_text=DOTTED_PATH_TEXT)
+            source = self.string(entry, "from", ip, pattern=DOTTED_PATH_RE, pattern_text=DOTTED_PATH_TEXT)
             if source is not None and source_problem(source):
                 self.add(join_path(ip, "from"), source_problem(source))
                 source = None
