@@ -17,6 +17,10 @@ setuptools.setup(
         "requests>=2.31,<3",
         "orjson>=3.9,<4",
         "PyYAML>=6,<7",
+        # IANA time zones for the time_zone attribute (transforms/standard_attributes.py) where
+        # the system has no /usr/share/zoneinfo. Pure data in a fixed format: no upper bound,
+        # as every release is the same files with newer zone rules.
+        "tzdata>=2024.1",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "jsonschema>=4.20,<5", "aiosmtpd>=1.4,<2"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Optional, Tuple
 
-__all__ = ["ALLOWED_ENDPOINTS", "ENDPOINT_FIX", "check_endpoint"]
+__all__ = ["ALLOWED_ENDPOINTS", "ENDPOINT_FIX", "check_endpoint", "compact_hosts"]
 
 # Braze REST endpoints (reference/braze-api.md §3). No US-09 exists in any source.
 ALLOWED_ENDPOINTS = tuple(
@@ -28,9 +28,29 @@ ALLOWED_ENDPOINTS = tuple(
 )
 _ALLOWED_ENDPOINT_SET = frozenset(ALLOWED_ENDPOINTS)
 
+
+def compact_hosts(endpoints) -> str:
+    """The endpoints' hosts, runs of numbered clusters folded: ``rest.iad-01..08.braze.com``."""
+    groups: dict = {}  # (cluster letters, domain) -> cluster numbers, in first-seen order
+    for endpoint in endpoints:
+        host = urllib.parse.urlsplit(endpoint).hostname
+        _, cluster, domain = host.split(".", 2)
+        letters, _, number = cluster.rpartition("-")
+        groups.setdefault((letters, domain), []).append(number)
+    parts = []
+    for (letters, domain), numbers in groups.items():
+        values = [int(n) for n in numbers]
+        consecutive = values == list(range(values[0], values[0] + len(values)))
+        if len(numbers) > 1 and consecutive:
+            parts.append(f"rest.{letters}-{numbers[0]}..{numbers[-1]}.{domain}")
+        else:
+            parts.extend(f"rest.{letters}-{n}.{domain}" for n in numbers)
+    return ", ".join(parts)
+
+
 # The "how to fix it" tail of every refused-endpoint message.
 ENDPOINT_FIX = (
-    "pick your cluster's REST endpoint from: " + ", ".join(ALLOWED_ENDPOINTS)
+    "use https://<your cluster's REST host>, one of " + compact_hosts(ALLOWED_ENDPOINTS)
     + " (or pass --allow_insecure_endpoints for local testing)"
 )
 

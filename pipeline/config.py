@@ -11,47 +11,56 @@ cannot express is that sync names are unique).
 
 Defaults: ``enabled`` true; identifier ``external_id`` from ``user_id``; a ``users`` or
 ``events`` section that is absent is disabled, one that is present is enabled unless it says
-``enabled: false``; no properties listed means none are sent.
+``enabled: false``; no properties or mappings listed means none are sent; no
+``identifier.anonymous``, so events without the identifier's value are skipped.
+
+Mappings (``users.mappings``, ``events.mappings``: ``{from, to}``) and plain ``properties``
+follow the rules in ``pipeline.config_mappings``: a dotted Amplitude path to a Braze name
+that is not an identifier or control field, one source per Braze name.
 
 Secrets: ``api_key`` is only ever a reference, and no message here quotes it (nor the
 endpoint URL, which could carry credentials; only its host is quoted).
 
-This module holds the syncs file's model, its public API and its own rules. What it shares
-with the cohorts file lives beside it: reading and decoding (``pipeline.config_documents``),
-the validator helpers and ``ConfigError`` (``pipeline.config_validation``), and the Braze
-endpoint allow-list (``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``
-and ``decode_document`` stay importable from here.
+This module holds the syncs file's model, its public API and its own rules; the rules for
+``events.select`` conditions and for mappings are beside it (``pipeline.config_conditions``,
+``pipeline.config_mappings``). What it shares with the cohorts file lives beside it too:
+reading and decoding (``pipeline.config_documents``), the validator helpers and
+``ConfigError`` (``pipeline.config_validation``), and the Braze endpoint allow-list
+(``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
+``Condition``, ``EventSelector``, ``OPERATORS`` and ``FieldMapping`` stay importable from here.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 # ALLOWED_ENDPOINTS, ConfigError and decode_document are re-exported (see the docstring);
 # _ENDPOINT_FIX too, for tests/test_config.py.
 from pipeline.braze_endpoints import ALLOWED_ENDPOINTS, ENDPOINT_FIX as _ENDPOINT_FIX  # noqa: F401
 from pipeline.config_documents import decode_document, format_for_name, read_bytes
-from pipeline.config_validation import ConfigError, Validator, is_number, is_scalar, join_path, type_name
-
-IDENTIFIER_TYPES = ("external_id", "braze_id", "user_alias")
-OPERATORS = (
-    "is", "is_not", "contains", "does_not_contain", "starts_with",
-    "greater_than", "greater_or_equal", "less_than", "less_or_equal", "is_set", "is_not_set",
+# The filter and mapping rules live beside this module; their models and constants are
+# re-exported here (Condition, EventSelector, OPERATORS, FieldMapping), with the key lists the
+# schema test compares (_SELECTOR_KEYS, _CONDITION_KEYS).
+from pipeline.config_conditions import CONDITION_KEYS as _CONDITION_KEYS, OPERATORS  # noqa: F401
+from pipeline.config_conditions import SELECTOR_KEYS as _SELECTOR_KEYS  # noqa: F401
+from pipeline.config_conditions import Condition, EventSelector, SelectRules
+from pipeline.config_mappings import FieldMapping, MappingRules, attribute_name_problem, event_property_name_problem
+from pipeline.config_validation import (
+    DOTTED_PATH_RE, DOTTED_PATH_TEXT, ConfigError, Validator, choice_hint, join_path, type_name,
 )
 
-
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    property: str  # event field, event_properties.X or user_properties.X (dotted path)
-    op: str  # one of OPERATORS
-    value: Any = None  # absent for is_set / is_not_set; a list allowed for is / is_not
+IDENTIFIER_TYPES = ("external_id", "braze_id", "user_alias")
+ANONYMOUS_TYPES = ("user_alias",)  # an anonymous device's profile: an alias, later merged by /users/identify
 
 
 @dataclasses.dataclass(frozen=True)
-class EventSelector:
-    event_type: str  # an Amplitude event_type, or "*" for every event
-    where: Tuple[Condition, ...] = ()  # all must hold
+class AnonymousIdentifier:
+    """Where events without the main identifier's value go: an alias profile per device, merged
+    into the external_id profile by /users/identify when the device first shows a user_id."""
+
+    type: str = "user_alias"  # one of ANONYMOUS_TYPES
+    source: str = "device_id"  # Amplitude field, dotted path allowed; the alias name
+    alias_label: str = ""  # the alias label (required in the file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,21 +68,24 @@ class Identifier:
     type: str = "external_id"  # one of IDENTIFIER_TYPES
     source: str = "user_id"  # Amplitude field, dotted path allowed
     alias_label: Optional[str] = None  # required when type is user_alias
+    anonymous: Optional[AnonymousIdentifier] = None  # only with type external_id
 
 
 @dataclasses.dataclass(frozen=True)
 class UserSettings:
     enabled: bool = False
-    properties: Tuple[str, ...] = ()
+    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
     update_existing_only: bool = False
+    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze attribute
 
 
 @dataclasses.dataclass(frozen=True)
 class EventSettings:
     enabled: bool = False
     select: Tuple[EventSelector, ...] = ()
-    properties: Tuple[str, ...] = ()
+    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
     purchases: bool = False  # revenue events → Braze purchase objects (transforms/purchases.py)
+    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze event property
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,25 +101,18 @@ class Sync:
 
 
 __all__ = [
-    "ALLOWED_ENDPOINTS", "Condition", "ConfigError", "EventSelector", "EventSettings", "IDENTIFIER_TYPES",
-    "Identifier", "OPERATORS", "Sync", "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs",
+    "ALLOWED_ENDPOINTS", "ANONYMOUS_TYPES", "AnonymousIdentifier", "Condition", "ConfigError", "EventSelector",
+    "EventSettings", "FieldMapping", "IDENTIFIER_TYPES", "Identifier", "OPERATORS", "Sync", "UserSettings",
+    "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs",
 ]
 
-# Operators by the value they take.
-NO_VALUE_OPERATORS = ("is_set", "is_not_set")
-EQUALITY_OPERATORS = ("is", "is_not")  # a scalar or a non-empty list of scalars
-STRING_OPERATORS = ("contains", "does_not_contain", "starts_with")  # a non-empty string
-NUMBER_OPERATORS = ("greater_than", "greater_or_equal", "less_than", "less_or_equal")  # a number
-
-_PATH_RE = re.compile(r"[^.]+(\.[^.]+)*")  # a dotted path: no empty segment
 
 _TOP_KEYS = ("$schema", "syncs")  # "$schema" lets JSON editors find syncs.schema.json
 _SYNC_KEYS = ("name", "enabled", "endpoint", "api_key", "app_id", "identifier", "users", "events")
-_IDENTIFIER_KEYS = ("type", "source", "alias_label")
-_USERS_KEYS = ("enabled", "properties", "update_existing_only")
-_EVENTS_KEYS = ("enabled", "select", "properties", "purchases")
-_SELECTOR_KEYS = ("event_type", "where")
-_CONDITION_KEYS = ("property", "op", "value")
+_IDENTIFIER_KEYS = ("type", "source", "alias_label", "anonymous")
+_ANONYMOUS_KEYS = ("type", "source", "alias_label")
+_USERS_KEYS = ("enabled", "properties", "mappings", "update_existing_only")
+_EVENTS_KEYS = ("enabled", "select", "properties", "mappings", "purchases")
 _EXPECTED = "a mapping with a 'syncs' list"  # what the document must be, for "empty"/"wrong type" messages
 
 
@@ -164,7 +169,7 @@ def _parse(document, source, allow_insecure_endpoints, problems) -> Tuple[Sync, 
     return v.checked(source, v.document(document))
 
 
-class _SyncsValidator(Validator):
+class _SyncsValidator(SelectRules, MappingRules, Validator):
     """Walks a syncs document in a fixed order and collects every problem; returns ``Sync``s."""
 
     def document(self, document):
@@ -202,6 +207,10 @@ class _SyncsValidator(Validator):
         identifier = self.identifier(m, path)
         users = self.users(m, path)
         events = self.events(m, path)
+        if identifier and identifier.anonymous and users and users.update_existing_only:
+            self.add(join_path(path, "identifier.anonymous"), "not allowed with users.update_existing_only: true "
+                     "(Braze would never create the alias profiles anonymous events go to)")
+            return None
         if None in (name, endpoint, api_key, identifier, users, events) or ("app_id" in m and app_id is None):
             return None
         return Sync(name=name, endpoint=endpoint, api_key=api_key, enabled=enabled, app_id=app_id,
@@ -222,13 +231,12 @@ class _SyncsValidator(Validator):
                 self.add(join_path(p, "type"), f"must be a string, got {type_name(id_type)}")
                 id_type, ok = None, False
             elif id_type not in IDENTIFIER_TYPES:
-                self.add(join_path(p, "type"), f"unknown identifier type {id_type!r} (expected one of: "
-                             + ", ".join(IDENTIFIER_TYPES) + ")")
+                self.add(join_path(p, "type"),
+                         f"unknown identifier type {id_type!r} ({choice_hint(id_type, IDENTIFIER_TYPES)})")
                 id_type, ok = None, False
         source = "user_id"
         if "source" in im:
-            source = self.string(im, "source", p, pattern=_PATH_RE,
-                                 pattern_text="must be a field name or dotted path with no empty part")
+            source = self.string(im, "source", p, pattern=DOTTED_PATH_RE, pattern_text=DOTTED_PATH_TEXT)
             ok = ok and source is not None
         alias_label = None
         if id_type == "user_alias":
@@ -236,7 +244,35 @@ class _SyncsValidator(Validator):
             ok = ok and alias_label is not None
         elif id_type is not None and self.only_for_alias(im, p, id_type, ("alias_label",)):
             ok = False
-        return Identifier(type=id_type, source=source, alias_label=alias_label) if ok else None
+        anonymous = None
+        if "anonymous" in im:
+            anonymous = self.anonymous(im["anonymous"], join_path(p, "anonymous"), id_type, source)
+            ok = ok and anonymous is not None
+        return Identifier(type=id_type, source=source, alias_label=alias_label, anonymous=anonymous) if ok else None
+
+    def anonymous(self, value, path, id_type, main_source):
+        am = self.mapping(value, path, _ANONYMOUS_KEYS, required=("alias_label",))
+        if am is None:
+            return None
+        n = len(self.problems)
+        if id_type is not None and id_type != "external_id":
+            self.add(path, f"only allowed when type is external_id (type is {id_type!r}): Braze's "
+                           "/users/identify merges an alias profile into an external_id profile")
+        anon_type = am.get("type", "user_alias")
+        if not isinstance(anon_type, str):
+            self.add(join_path(path, "type"), f"must be a string, got {type_name(anon_type)}")
+        elif anon_type not in ANONYMOUS_TYPES:
+            self.add(join_path(path, "type"), f"unknown anonymous identifier type {anon_type!r} "
+                                              f"({choice_hint(anon_type, ANONYMOUS_TYPES)})")
+        source = "device_id"
+        if "source" in am:
+            source = self.string(am, "source", path, pattern=DOTTED_PATH_RE, pattern_text=DOTTED_PATH_TEXT)
+        if source is not None and source == main_source:
+            self.add(join_path(path, "source"), f"must differ from identifier.source ({main_source!r})")
+        alias_label = self.string(am, "alias_label", path)
+        if len(self.problems) != n or source is None or alias_label is None:
+            return None
+        return AnonymousIdentifier(type=anon_type, source=source, alias_label=alias_label)
 
     def users(self, m, path):
         if "users" not in m:
@@ -246,10 +282,15 @@ class _SyncsValidator(Validator):
         if um is None:
             return None
         n = len(self.problems)
+        enabled = self.boolean(um, "enabled", p, True)
+        properties = self.string_list(um, "properties", p)
+        taken = self.attribute_names(um, p)
+        mappings = self.field_mappings(um, p, taken, lambda name: attribute_name_problem(name, mapped=True))
         settings = UserSettings(
-            enabled=self.boolean(um, "enabled", p, True),
-            properties=self.string_list(um, "properties", p),
+            enabled=enabled,
+            properties=properties,
             update_existing_only=self.boolean(um, "update_existing_only", p, False),
+            mappings=mappings,
         )
         return settings if len(self.problems) == n else None
 
@@ -265,95 +306,9 @@ class _SyncsValidator(Validator):
         select = self.select(em, p, enabled)
         properties = self.string_list(em, "properties", p)
         purchases = self.boolean(em, "purchases", p, False)
+        taken = self.event_property_names(em, p)
+        mappings = self.field_mappings(em, p, taken, lambda name: event_property_name_problem(name, purchases))
         if len(self.problems) != n:
             return None
-        return EventSettings(enabled=enabled, select=select, properties=properties, purchases=purchases)
-
-    def select(self, em, path, enabled):
-        p = join_path(path, "select")
-        if "select" not in em:
-            if enabled:
-                self.add(p, "required when events are enabled (list the events to send, or event_type '*')")
-            return ()
-        value = em["select"]
-        if not isinstance(value, list):
-            self.add(p, f"must be a list of event selectors, got {type_name(value)}")
-            return ()
-        if not value and enabled:
-            self.add(p, "must not be empty when events are enabled (list the events to send, or event_type '*')")
-        return tuple(s for s in (self.selector(item, f"{p}[{i}]") for i, item in enumerate(value)) if s)
-
-    def selector(self, value, path):
-        sm = self.mapping(value, path, _SELECTOR_KEYS, required=("event_type",))
-        if sm is None:
-            return None
-        event_type = self.string(sm, "event_type", path)
-        where = ()
-        if "where" in sm:
-            wp = join_path(path, "where")
-            value = sm["where"]
-            if not isinstance(value, list):
-                self.add(wp, f"must be a list of conditions, got {type_name(value)}")
-                return None
-            where = tuple(self.condition(item, f"{wp}[{i}]") for i, item in enumerate(value))
-            if None in where:
-                return None
-        return EventSelector(event_type=event_type, where=where) if event_type is not None else None
-
-    def condition(self, value, path):
-        cm = self.mapping(value, path, _CONDITION_KEYS, required=("property", "op"))
-        if cm is None:
-            return None
-        n = len(self.problems)
-        prop = self.string(cm, "property", path, pattern=_PATH_RE,
-                           pattern_text="must be a field name or dotted path with no empty part")
-        op = cm.get("op")
-        vp = join_path(path, "value")
-        cond_value = None
-        if "op" not in cm:
-            pass
-        elif not isinstance(op, str):
-            self.add(join_path(path, "op"), f"must be a string, got {type_name(op)}")
-        elif op not in OPERATORS:
-            self.add(join_path(path, "op"), f"unknown operator {op!r} (expected one of: " + ", ".join(OPERATORS) + ")")
-        elif op in NO_VALUE_OPERATORS:
-            if "value" in cm:
-                self.add(vp, f"not allowed with {op}")
-        elif "value" not in cm:
-            self.add(vp, f"required with {op}")
-        else:
-            raw = cm["value"]
-            if op in EQUALITY_OPERATORS:
-                if isinstance(raw, list):
-                    if not raw:
-                        self.add(vp, "must not be an empty list")
-                    for i, item in enumerate(raw):
-                        if not is_scalar(item):
-                            self.add(f"{vp}[{i}]", _scalar_message(item))
-                    cond_value = tuple(raw)
-                elif not is_scalar(raw):
-                    self.add(vp, _scalar_message(raw, list_allowed=True))
-                else:
-                    cond_value = raw
-            elif op in STRING_OPERATORS:
-                if not isinstance(raw, str):
-                    self.add(vp, f"must be a string with {op}, got {type_name(raw)}")
-                elif not raw:
-                    self.add(vp, "must not be empty")
-                else:
-                    cond_value = raw
-            elif not is_number(raw):  # NUMBER_OPERATORS
-                got = "a non-finite number" if isinstance(raw, float) else type_name(raw)
-                self.add(vp, f"must be a number with {op}, got {got}")
-            else:
-                cond_value = raw
-        if len(self.problems) != n:
-            return None
-        return Condition(property=prop, op=op, value=cond_value)
-
-
-def _scalar_message(value, list_allowed=False) -> str:
-    allowed = "a string, number or boolean" + (" (or a list of them)" if list_allowed else "")
-    hint = "; use is_set / is_not_set to test for presence" if value is None else ""
-    got = "a non-finite number" if isinstance(value, float) else type_name(value)
-    return f"must be {allowed}, got {got}{hint}"
+        return EventSettings(enabled=enabled, select=select, properties=properties, purchases=purchases,
+                             mappings=mappings)

@@ -22,9 +22,12 @@ import re
 
 from pipeline.braze_endpoints import check_endpoint
 
-__all__ = ["ConfigError", "ROOT", "Validator", "is_number", "is_scalar", "join_path", "type_name"]
+__all__ = ["ConfigError", "DOTTED_PATH_RE", "DOTTED_PATH_TEXT", "ROOT", "Validator", "choice_hint", "is_number",
+           "is_scalar", "join_path", "type_name"]
 
 ROOT = "(document)"  # the path of a problem with the document as a whole
+DOTTED_PATH_RE = re.compile(r"[^.]+(\.[^.]+)*")  # an event field or dotted path: no empty part
+DOTTED_PATH_TEXT = "must be a field name or dotted path with no empty part"
 
 _API_KEY_MESSAGE = "must be a reference (env:NAME or projects/P/secrets/S/versions/V), not a key"
 _ENV_REF_RE = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
@@ -73,6 +76,16 @@ def is_scalar(value) -> bool:
 def join_path(path: str, key) -> str:
     """``path.key``, or just ``key`` at the top of the document."""
     return f"{path}.{key}" if path else str(key)
+
+
+def choice_hint(value: str, choices, aliases=None) -> str:
+    """"did you mean 'x'?" for a value close to one of ``choices`` (or named in ``aliases``,
+    a map of common other spellings such as ``gt`` → ``greater_than``); else the choices."""
+    close = (aliases or {}).get(value.strip().lower())
+    if close is None:
+        matches = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+        close = matches[0] if matches else None
+    return f"did you mean {close!r}?" if close else "expected one of: " + ", ".join(choices)
 
 
 class Validator:
@@ -126,9 +139,7 @@ class Validator:
             if not isinstance(key, str):
                 self.add(path, f"keys must be strings, got {type_name(key)} key")
             elif key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(keys)
-                self.add(join_path(path, key), f"unknown key ({hint})")
+                self.add(join_path(path, key), f"unknown key ({choice_hint(key, keys)})")
         return value
 
     def boolean(self, m, key, path, default):

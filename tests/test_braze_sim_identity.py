@@ -95,6 +95,92 @@ def test_identify_bad_bodies_are_400(sim, body):
     assert post(sim, "/users/identify", body).status_code == 400
 
 
+def test_identify_merge_keeps_the_known_values_and_sums_the_histories(sim):
+    """What moves (§4.2): fields only the anonymous profile has, its events and purchases, its
+    aliases and devices; the anonymous profile is gone; nothing is billed."""
+    sim.client().seed_users({"external_id": "u1", "attributes": {"email": "u1@x.io", "plan": "pro"}})
+    post(sim, "/users/track", {
+        "attributes": [{"user_alias": ALIAS, "_update_existing_only": False, "plan": "free", "first_name": "Ada"}],
+        "events": [{"user_alias": ALIAS, "name": "viewed", "time": T, "_update_existing_only": False}],
+        "purchases": [{"user_alias": ALIAS, "product_id": "p", "currency": "USD", "price": 1.5, "time": T}]})
+    post(sim, "/users/track", {"events": [{"external_id": "u1", "name": "signed_in", "time": T}]})
+    points = sim.client().counters()["data_points"]
+    assert identify(sim).status_code == 201
+    [merged] = users(sim)
+    assert merged["attributes"] == {"email": "u1@x.io", "plan": "pro", "first_name": "Ada"}
+    assert sorted(e["name"] for e in merged["events"]) == ["signed_in", "viewed"]
+    assert [p["product_id"] for p in merged["purchases"]] == ["p"]
+    assert users(sim, alias_name="anon-1", alias_label="amplitude_id")[0]["external_id"] == "u1"
+    counters = sim.client().counters()
+    assert (counters["aliases_merged"], counters["data_points"]) == (1, points)
+
+
+def test_identify_twice_is_harmless(sim):
+    sim.client().seed_users({"external_id": "u1"}, {"user_aliases": [ALIAS], "attributes": {"city": "Rome"}})
+    identify(sim)
+    after_first = users(sim)
+    assert identify(sim).json() == {"aliases_processed": 1, "message": "success"}
+    assert users(sim) == after_first
+    counters = sim.client().counters()
+    assert (counters["aliases_merged"], counters["aliases_not_merged"]) == (1, 1)
+
+
+def test_identify_after_the_alias_profile_took_the_external_id_is_harmless(sim):
+    sim.client().seed_users({"user_aliases": [ALIAS]})
+    identify(sim, external_id="new")
+    identify(sim, external_id="other")  # the alias names an identified profile now: nothing happens
+    [profile] = users(sim)
+    assert profile["external_id"] == "new"
+    assert sim.client().counters()["aliases_identified"] == 1
+
+
+def test_identify_second_device_of_a_user_is_not_merged(sim):
+    """A user's first anonymous device merges and its alias moves to the user; the second
+    device's profile has the same label, so Braze does not merge it (§4.2)."""
+    second = {"alias_name": "anon-2", "alias_label": "amplitude_id"}
+    sim.client().seed_users({"external_id": "u1"}, {"user_aliases": [ALIAS]}, {"user_aliases": [second]})
+    identify(sim)
+    identify(sim, alias=second)
+    assert len(users(sim)) == 2
+    assert users(sim, alias_name="anon-2", alias_label="amplitude_id")[0]["external_id"] is None
+
+
+def test_identify_many_entries_in_one_request(sim):
+    aliases = [{"alias_name": f"d{i}", "alias_label": "dev"} for i in range(50)]
+    sim.client().seed_users(*({"user_aliases": [a]} for a in aliases))
+    r = post(sim, "/users/identify", {"aliases_to_identify": [{"external_id": f"u{i}", "user_alias": a}
+                                                              for i, a in enumerate(aliases)]})
+    assert r.json() == {"aliases_processed": 50, "message": "success"}
+    assert sorted(u["external_id"] for u in users(sim)) == sorted(f"u{i}" for i in range(50))
+
+
+def test_identify_refuses_an_external_id_braze_would_refuse(sim):
+    r = identify(sim, external_id="x" * 988)
+    assert (r.status_code, r.json()) == (400, {"message": "aliases_to_identify[0].external_id: EXTERNAL_USER_ID_TOO_LARGE"})
+
+
+@pytest.mark.parametrize("kwargs, status", [({"auth": False}, 401), ({"key": "wrong"}, 401),
+                                            ({"headers": {"Content-Type": "text/plain"}}, 415)])
+def test_identify_needs_the_key_and_json(sim, kwargs, status):
+    sim.client().seed_users({"external_id": "u1"}, {"user_aliases": [ALIAS]})
+    body = {"aliases_to_identify": [{"external_id": "u1", "user_alias": ALIAS}]}
+    assert post(sim, "/users/identify", body, **kwargs).status_code == status
+    assert len(users(sim)) == 2 and sim.client().counters()["aliases_merged"] == 0
+
+
+def test_identify_has_its_own_rate_limit_shared_with_alias_new():
+    from local.braze_sim import BrazeSimulator
+
+    with BrazeSimulator(alias_rate_limit=2, alias_rate_window_seconds=60) as small:
+        body = {"aliases_to_identify": [{"external_id": "u1", "user_alias": ALIAS}]}
+        assert post(small, "/users/alias/new", {"user_aliases": [ALIAS]}).status_code == 201
+        assert post(small, "/users/identify", body).status_code == 201
+        limited = post(small, "/users/identify", body)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        track = post(small, "/users/track", {"events": [{"external_id": "u1", "name": "e", "time": T}]})
+        assert track.status_code == 201  # /users/track keeps its own limit
+
+
 # -- partner cohorts -----------------------------------------------------------------------------
 
 def keys(sim, **extra):

@@ -1,4 +1,5 @@
-"""The Braze /users/track transport and the pure rules the sink applies to its answers.
+"""The Braze /users/track (and /users/identify) transport and the pure rules the sink applies
+to its answers.
 
 Three separate things live here, none of them Beam-aware:
 
@@ -33,13 +34,14 @@ from transforms.scrub import scrub
 from transforms.secrets import key_problem
 
 __all__ = [
-    "TRACK_PATH",
+    "TRACK_PATH", "IDENTIFY_PATH",
     "OK", "SPLIT", "REJECT", "FAIL", "RETRY",
     "Response", "TransportError", "ItemError", "Verdict",
     "build_track_body", "BrazeClient", "classify", "retry_wait_seconds", "backoff_seconds",
 ]
 
 TRACK_PATH = "/users/track"
+IDENTIFY_PATH = "/users/identify"  # bodies: transforms.anonymous.identify_bodies
 
 # Verdict actions: what the sink should do with the batch it sent.
 OK = "ok"  # accepted; objects named in item_errors failed, the rest are delivered
@@ -149,7 +151,7 @@ def build_track_body(items: Sequence[BrazeItem]) -> Tuple[bytes, Dict[Tuple[str,
 
 
 class BrazeClient:
-    """Posts bodies to ``{endpoint}/users/track`` over one reusable session.
+    """Posts bodies to ``{endpoint}/users/track`` (or ``/users/identify``) over one reusable session.
 
     It only sends and reports: status codes are not interpreted here (see ``classify``).
     Redirects are not followed (a redirect would re-send the key to another host), TLS is
@@ -197,12 +199,19 @@ class BrazeClient:
         """POST one body. Returns the answer whatever its status; raises ``TransportError``
         when there is no answer (timeout, refused, reset), when the key cannot be sent, or when
         the request fails in any other way. Nothing else escapes."""
+        return self._send(self.url, body)
+
+    def post_identify(self, body: bytes) -> Response:
+        """POST one ``/users/identify`` body; the same contract as ``post_track``."""
+        return self._send(self.endpoint + IDENTIFY_PATH, body)
+
+    def _send(self, url: str, body: bytes) -> Response:
         if self._key_problem is not None:
             raise TransportError(INVALID_KEY, f"the API key {self._key_problem}, so it cannot be sent in "
                                  "an HTTP header; nothing was sent. Store the key again without that "
                                  "character", False, permanent=True)
         try:
-            return self._post(body)
+            return self._post(url, body)
         except TransportError:
             raise
         except Exception as e:  # noqa: BLE001 - the client's contract: only TransportError leaves
@@ -213,10 +222,10 @@ class BrazeClient:
             raise TransportError(CLIENT_ERROR, self._scrub(f"could not send the request: {type(e).__name__}: {what}"),
                                  False, permanent=True) from None
 
-    def _post(self, body: bytes) -> Response:
+    def _post(self, url: str, body: bytes) -> Response:
         try:
             r = self._session.post(
-                self.url,
+                url,
                 data=body,
                 headers=self._headers,
                 timeout=(self.timeout_seconds, self.timeout_seconds),

@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rate-window-seconds", type=float, default=3.0)
     parser.add_argument("--export-rate-limit", type=int, default=250, help="/users/export/ids requests per window")
     parser.add_argument("--export-rate-window-seconds", type=float, default=60.0)
+    parser.add_argument("--alias-rate-limit", type=int, default=20_000,
+                        help="/users/identify and /users/alias/new requests per window, shared")
+    parser.add_argument("--alias-rate-window-seconds", type=float, default=60.0)
     return parser.parse_args(argv)
 
 
@@ -34,7 +37,9 @@ def main(argv=None) -> int:
                          rate_limit=args.rate_limit, rate_window_seconds=args.rate_window_seconds,
                          partner_api_keys=args.partner_api_keys, client_secrets=args.client_secrets,
                          export_rate_limit=args.export_rate_limit,
-                         export_rate_window_seconds=args.export_rate_window_seconds)
+                         export_rate_window_seconds=args.export_rate_window_seconds,
+                         alias_rate_limit=args.alias_rate_limit,
+                         alias_rate_window_seconds=args.alias_rate_window_seconds)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from local.braze_sim.rules import check_alias, parse_time
+from local.braze_sim.rules import MAX_EXTERNAL_ID_BYTES, TOO_LARGE_ID, check_alias, parse_time
 
 MAX_ALIASES_PER_REQUEST = 50
 MAX_COHORT_IDS_PER_REQUEST = 1000
@@ -59,6 +59,8 @@ def check_identify(body: Any) -> Optional[str]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not _nonempty_str(item.get("external_id")):
             return f"aliases_to_identify[{index}].external_id is required"
+        if len(item["external_id"].encode("utf-8")) > MAX_EXTERNAL_ID_BYTES:
+            return f"aliases_to_identify[{index}].external_id: {TOO_LARGE_ID}"
         if check_alias(item.get("user_alias")):
             return f"aliases_to_identify[{index}].user_alias needs 'alias_name' and 'alias_label'"
     return None

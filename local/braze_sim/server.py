@@ -38,7 +38,8 @@ class BrazeSimulator:
     """A strict Braze REST simulator on 127.0.0.1, run in a background thread.
 
     ``rate_limit`` requests per ``rate_window_seconds`` apply to /users/track per API key;
-    the alias and identify endpoints share Braze's 20,000 per minute; /users/export/ids has
+    the alias and identify endpoints share ``alias_rate_limit`` per ``alias_rate_window_seconds``
+    (Braze: 20,000 a minute, apart from /users/track's limit); /users/export/ids has
     ``export_rate_limit`` per ``export_rate_window_seconds`` (Braze: 250 a minute for accounts
     onboarded on or after 2024-08-22). Keys, partner keys and client secrets default to one
     generated value each.
@@ -49,6 +50,7 @@ class BrazeSimulator:
                  partner_api_keys: Optional[Iterable[str]] = None,
                  client_secrets: Optional[Iterable[str]] = None,
                  export_rate_limit: int = 250, export_rate_window_seconds: float = 60.0,
+                 alias_rate_limit: int = 20_000, alias_rate_window_seconds: float = 60.0,
                  max_log_entries: int = 200_000, max_log_body_bytes: int = 256 * 1024 * 1024):
         if object_limit_mode not in LIMIT_MODES:
             raise ValueError(f"object_limit_mode must be one of {LIMIT_MODES}, got {object_limit_mode!r}")
@@ -62,7 +64,7 @@ class BrazeSimulator:
         self.request_log = RequestLog(max_log_entries, max_log_body_bytes)
         self.faults = Faults()
         self.track_limiter = RateLimiter(rate_limit, rate_window_seconds)
-        self.alias_limiter = RateLimiter(20_000, 60.0)
+        self.alias_limiter = RateLimiter(alias_rate_limit, alias_rate_window_seconds)
         self.export_limiter = RateLimiter(export_rate_limit, export_rate_window_seconds)
         self._key_set = frozenset(self.api_keys)
         self._stopping = threading.Event()

@@ -36,7 +36,8 @@ class Store:
         self.cohorts: dict = {}  # cohort_id -> {"name", "created_at", "partner"}
         self.requests_by_status: collections.Counter = collections.Counter()
         self.counters = dict(objects_accepted=0, objects_rejected=0, objects_unmatched=0,
-                             data_points=0, requests=0, cohort_ids_unmatched=0)
+                             data_points=0, requests=0, cohort_ids_unmatched=0,
+                             aliases_merged=0, aliases_identified=0, aliases_not_merged=0)
         self._seq = 0
 
     # -- lookup and creation ---------------------------------------------------------------
@@ -172,21 +173,32 @@ class Store:
         self.by_alias[key] = user
         self._touch(user)
 
-    def identify(self, item: dict) -> None:
+    def identify(self, item: dict) -> str:
+        """One ``aliases_to_identify`` entry, as braze-api.md §4.2 describes it; returns what
+        happened (``merged``, ``identified`` or ``not_merged``) and counts it as
+        ``aliases_<that>``. Nothing is billed: external ids and aliases are not data points (§6)."""
+        outcome = self._identify(item)
+        self.counters[f"aliases_{outcome}"] += 1
+        return outcome
+
+    def _identify(self, item: dict) -> str:
         alias = item["user_alias"]
         key = (alias["alias_label"], alias["alias_name"])
         anonymous = self.by_alias.get(key)
         external_id = item["external_id"]
         if anonymous is None or anonymous.external_id is not None:
-            return  # silently dropped, as Braze does
+            # Silently dropped, as Braze does: the alias names nobody, or a profile that is
+            # already identified (after a merge, or a repeated call: identify is idempotent).
+            return "not_merged"
         known = self.by_external_id.get(external_id)
         if known is None:
-            anonymous.external_id = external_id
+            anonymous.external_id = external_id  # no profile has the external_id: the alias profile takes it
             self.by_external_id[external_id] = anonymous
             self._touch(anonymous)
-            return
+            return "identified"
         if key[0] in known.aliases:
-            return  # no merge when the identified user already has an alias with that label
+            return "not_merged"  # no merge when the identified user already has an alias with that label
+        # Merge: what exists only on the anonymous profile moves over; it is then removed.
         self._remove_user(anonymous)
         for name, value in anonymous.attributes.items():
             known.attributes.setdefault(name, value)
@@ -202,6 +214,7 @@ class Store:
                 known.device_ids.append(device_id)
                 self.by_device_id[device_id].append(known)
         self._touch(known)
+        return "merged"
 
     # -- /users/export/ids ------------------------------------------------------------------
 
