@@ -3,7 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench replay cohort-demo metadata template launch clean
+.PHONY: install test demo bench replay cohort-demo metadata template launch clean cohort-metadata template-cohorts \
+        launch-cohorts schedule
 
 install: $(STAMP)
 
@@ -31,7 +32,8 @@ bench: install
 replay: install
 	$(PY) -m pipeline.replay $(ARGS)
 
-# The cohort-sync job against the Braze simulator: a full sync, then an incremental one.
+# The cohort-sync job against the stand-ins (Braze simulator, Amplitude stand-in, Pub/Sub emulator):
+# the streaming mode over the cohort feed, then a download-based sync (full, then a delta).
 cohort-demo: install
 	$(PY) -m local.cohort_demo
 
@@ -49,6 +51,22 @@ template: install
 # Upload $(ENV)'s syncs file and start the job; UPDATE=1 updates the running job in place.
 launch: install
 	$(PY) -m templates.deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update)
+
+# The cohort job (templates/cohorts_deploy.py, templates/env/cohorts/$(ENV).json). Its two template
+# specs run the image `make template` builds; DRY_RUN=1 prints the gcloud commands instead.
+cohort-metadata: install
+	$(PY) -m templates.cohorts_metadata
+
+template-cohorts: install
+	$(PY) -m templates.cohorts_deploy template --env $(ENV) $(if $(DRY_RUN),--dry-run)
+
+# Upload $(ENV)'s cohorts file and start the streaming mode (Amplitude's Pub/Sub cohort feed).
+launch-cohorts: install
+	$(PY) -m templates.cohorts_deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update)
+
+# Create or update one Cloud Scheduler job per scheduled sync (downloads and reconciles).
+schedule: install
+	$(PY) -m templates.cohorts_deploy schedule --env $(ENV) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
