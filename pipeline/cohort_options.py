@@ -10,6 +10,7 @@ requires (the flex templates' metadata is generated from them too, ``templates.c
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -22,6 +23,16 @@ __all__ = ["CohortOptions", "CohortSettings", "SHARED_OPTIONS", "check_cohort_op
 
 SHARED_OPTIONS = ("input_subscription", "dead_letter_topic", "allow_insecure_endpoints", "braze_timeout_seconds",
                   "braze_max_attempts", "braze_max_retry_seconds")
+# What the shared options mean in this job (their declarations speak of events).
+SHARED_HELP = {
+    "input_subscription": "Streaming: the subscription to the topic of Amplitude's Pub/Sub cohort feed "
+                          "(Google Pub/Sub Cohort Sync destination), projects/P/subscriptions/S.",
+    "dead_letter_topic": "Streaming: projects/P/topics/T for feed messages that cannot be read, unknown cohorts and "
+                         "changes the final flush could not deliver (the bytes unchanged, with a reason).",
+    "braze_timeout_seconds": "Timeout of one Braze call (partner cohort import, /users/track, /users/export/ids).",
+    "braze_max_attempts": "Attempts per Braze request on 5xx, 423, 429, timeouts and connection errors before its "
+                          "changes fail (retries_exhausted).",
+}
 REQUIRED_BATCH = ("config", "sync", "state_dir")
 REQUIRED_FEED = ("config", "state_dir", "input_subscription", "dead_letter_topic")
 _SUBSCRIPTION = r"^projects/[^/\s]+/subscriptions/[^/\s]+$"
@@ -183,7 +194,11 @@ def option_actions():
     out = _with_groups(parser)
     shared = argparse.ArgumentParser(add_help=False)
     StreamOptions._add_argparse_args(shared)
-    out += [(a, "shared with the streaming job") for a, _ in _with_groups(shared) if a.dest in SHARED_OPTIONS]
+    for action, _ in _with_groups(shared):
+        if action.dest in SHARED_OPTIONS:
+            action = copy.copy(action)
+            action.help = SHARED_HELP.get(action.dest, action.help)
+            out.append((action, "shared with the streaming job"))
     return out
 
 
