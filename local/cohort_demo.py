@@ -123,7 +123,8 @@ def _feed(emulator, state_dir, config_path, env, say) -> int:
                 break
             time.sleep(0.5)
         sent = _sent(client)
-        for cohort, braze_members in (("c_power", _members(client, "c_power")), ("c_churn", _attribute_members(client))):
+        held = {"c_power": _members(client, "c_power"), "c_churn": _attribute_members(client)}
+        for cohort, braze_members in held.items():
             added, removed, looked_up = sent[cohort]
             skipped = sorted(set(looked_up) - set(added) - set(removed))
             say(f"  {cohort}: added {sorted(set(added)) or '-'}, removed {sorted(set(removed)) or '-'}, "
@@ -158,7 +159,8 @@ def _downloads(config, amplitude, state_dir, braze: SimClient, say) -> int:
         {"amplitude_id": 99, "user_id": ""}]
     policy = RetryPolicy(max_attempts=3, max_retry_seconds=10)
     expected_members = set()
-    for label, members in (("run 1", membership), ("run 2", membership[1:3] + [{"amplitude_id": 109, "user_id": "u9"}])):
+    changed = membership[1:3] + [{"amplitude_id": 109, "user_id": "u9"}]  # u6 and the anonymous one left, u9 came
+    for label, members in (("run 1", membership), ("run 2", changed)):
         amplitude.client().set_cohort("c_vip", "VIP", members)
         plan = plan_sync(config, "vip-download", state_dir)
         outcome = run_batch_sync(plan, policy=policy, shards=2)

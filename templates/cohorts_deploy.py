@@ -110,8 +110,9 @@ def validate(document: dict) -> List[str]:
 def template_commands(document: dict) -> List[List[str]]:
     g = document["gcloud"]
     return [["gcloud", "dataflow", "flex-template", "build", g[f"{kind}_template_file"], f"--project={g['project']}",
-             f"--image={g['image']}", "--sdk-language=PYTHON", f"--metadata-file=templates/cohorts-{kind}-metadata.json",
-             f"--env={ENTRY_POINT}"] for kind in ("batch", "feed")]
+             f"--image={g['image']}", "--sdk-language=PYTHON",
+             f"--metadata-file=templates/cohorts-{kind}-metadata.json", f"--env={ENTRY_POINT}"]
+            for kind in ("batch", "feed")]
 
 
 def _upload(document: dict) -> List[str]:
@@ -163,8 +164,9 @@ def schedule_commands(document: dict) -> List[List[str]]:
                 environment[field] = g[key]
         body = {"launchParameter": {"jobName": name, "containerSpecGcsPath": g["batch_template_file"],
                                     "parameters": parameters, "environment": environment}}
-        flags = [f"--project={g['project']}", f"--location={g['region']}", f"--schedule={cron_for(sync.name, sync.schedule)}",
-                 "--time-zone=Etc/UTC", f"--uri={uri}", "--http-method=POST",
+        flags = [f"--project={g['project']}", f"--location={g['region']}",
+                 f"--schedule={cron_for(sync.name, sync.schedule)}", "--time-zone=Etc/UTC", f"--uri={uri}",
+                 "--http-method=POST",
                  f"--oauth-service-account-email={g['service_account_email']}",
                  "--headers=Content-Type=application/json",
                  f"--message-body={json.dumps(body, separators=(',', ':'), sort_keys=True)}",

@@ -12,7 +12,7 @@ from pipeline.cohort_config import parse_cohorts
 from transforms.cohorts.amplitude_api import CohortDownloader
 from transforms.cohorts.lease import acquire_lease, downloads_this_month
 from transforms.cohorts.state import StateStore
-from tests.test_cohort_sync import FAST, _free_port, _members, _target, sim, smtp_server  # noqa: F401 - fixtures
+from tests.test_cohort_sync import FAST, _members, _target, sim, smtp_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 COHORT = "c_dl"
@@ -104,7 +104,8 @@ def test_failures_are_reported_and_emailed_and_keep_the_last_membership(sim, amp
 
     # A download that never completes: the deadline ends it.
     amplitude.client().set_faults(never_complete=True)
-    _failed(_sync(config, state, RunSwitches(download_deadline_minutes=0.01))[1], inbox, "download job was still running")
+    _failed(_sync(config, state, RunSwitches(download_deadline_minutes=0.01))[1], inbox,
+            "download job was still running")
     amplitude.client().clear_faults()
 
     # A cohort over the size limit: refused before the budget is touched.

@@ -15,7 +15,7 @@ from pipeline.cohort_feed import FeedSettings, FeedToBraze
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy
 from transforms.cohorts.feed import computed_ms, parse_feed_message
 from transforms.cohorts.feed_state import newer
-from transforms.cohorts.realtime import FlushAndDeliver, collapse
+from transforms.cohorts.realtime import collapse
 from transforms.cohorts.records import ADD, REMOVE, Change
 
 FAST = RetryPolicy(timeout_seconds=5, max_attempts=2, max_retry_seconds=1, backoff_base_seconds=0.01,

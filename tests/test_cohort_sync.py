@@ -300,7 +300,8 @@ def test_batch_runs_of_a_feed_sync_bootstrap_it_then_need_reconcile(sim, tmp_pat
 def test_bad_options_exit_2(tmp_path, capsys):
     assert job.run(["--config", "x.yaml", "--state_dir", str(tmp_path)]) == 2
     assert "--sync is required for a batch run" in capsys.readouterr().err
-    assert job.run(["--config", "x.yaml", "--state_dir", str(tmp_path), "--input_subscription", "projects/p/subscriptions/s"]) == 2
+    assert job.run(["--config", "x.yaml", "--state_dir", str(tmp_path),
+                    "--input_subscription", "projects/p/subscriptions/s"]) == 2
     assert "--dead_letter_topic is required with --input_subscription" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Delivering cohort changes to Braze: the two modes, the retry policy, the Beam transform.
+"""Delivering cohort changes to Braze: the two modes, and the Beam transform.
 
 Modes (``Target.delivery``; braze-api.md §5 and §1):
 
@@ -22,11 +22,10 @@ Braze does not know are ``skipped: unknown_to_braze`` and not sent, and a failed
 its changes FAILED. With ``verify_users: false`` every change is sent and reported as sent.
 Other skips: ``unresolved_mapping`` (no value for the mapped property), ``rejected_by_braze``.
 
-Retries follow the streaming sink (``transforms.sink``), built from the same pure rules in
-``transforms.braze_client``: 408/429/5xx/timeouts/connection errors are retried with
-exponential backoff and full jitter (a 429 waits as its rate-limit headers say), within
-``max_attempts`` and ``max_retry_seconds``; past either, the changes are FAILED
-(``retries_exhausted``), and a run with a FAILED change is a failed run.
+Retries (``transforms.cohorts.transport``) follow the streaming sink; past the budget the
+changes are FAILED (``retries_exhausted``), and a run with a FAILED change is a failed run. An
+unexpected error in the delivery step makes its changes FAILED (``internal_error``, guarded by
+``transforms.guard``) instead of stopping the job.
 
 Keys are resolved in ``setup()`` (``transforms.secrets.resolve_api_key``) and live only in the
 request bodies/headers; they never reach a result, a log line or a report.
@@ -57,8 +56,8 @@ from transforms.scrub import remember_secret
 from transforms.secrets import SecretError, resolve_api_key
 
 __all__ = [
-    "PARTNER_MAX_IDS", "TRACK_MAX_OBJECTS", "RetryPolicy", "CohortDeliverer", "DeliverChanges", "PartnerClient",
-    "attribute_value", "attribute_objects", "classify_partner", "cohort_label", "partner_changes_body",
+    "RETRIES_EXHAUSTED", "PARTNER_MAX_IDS", "TRACK_MAX_OBJECTS", "RetryPolicy", "CohortDeliverer", "DeliverChanges",
+    "PartnerClient", "attribute_value", "attribute_objects", "classify_partner", "cohort_label", "partner_changes_body",
     "partner_name_body", "send_with_retries",
 ]
 

@@ -36,7 +36,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipeline.cohort_config import CohortSync, Target
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy
 from transforms.cohorts.feed import DEAD_LETTER_TAG, feed_dead_letter
-from transforms.cohorts.records import ADD, FAILED, REMOVE, Change, Result
+from transforms.cohorts.records import ADD, FAILED, REMOVE, Change
 from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of
 from transforms.secrets import resolve_api_key
 
