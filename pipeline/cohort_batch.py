@@ -7,7 +7,7 @@ file) against the last successful one, the differences sent to Braze.
    target exits at once, with a report and an email saying who holds it;
 2. fetch the membership: ``download`` asks Amplitude (``transforms.cohorts.amplitude_api``),
    after counting the download against the month's budget; ``snapshot`` reads a file;
-3. the *diff* pipeline (bounded; FnApiRunner unless ``--runner`` says): read → map to Braze ids
+3. the *diff* pipeline (``pipeline.cohort_batch_graph``): read → map to Braze ids
    (unresolved → skipped) → against the last successful membership → entered / left /
    unchanged, written to the run's scratch directory;
 4. the safety check: an empty membership, or one that would remove more than the sync's
@@ -32,28 +32,24 @@ import datetime
 import logging
 from typing import Callable, List, Optional
 
-import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.cohort_batch_graph import build_deliver_pipeline, build_diff_pipeline
 from pipeline.cohort_config import CohortConfig, CohortSync, Target
-from pipeline.local_runner import without_fnapi_state_cache
-from transforms.cohorts import members
 from transforms.cohorts.amplitude_api import AmplitudeError, CohortDownloader
-from transforms.cohorts.delivery import CohortDeliverer, DeliverChanges, RetryPolicy, attribute_value
-from transforms.cohorts.diff import UNCHANGED_TAG, DiffMembership, ReadLastMembership, member_line
+from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy, attribute_value
 from transforms.cohorts.lease import LeaseHeld, acquire_lease, release_lease, reserve_download
 from transforms.cohorts.notify import send_run_email
-from transforms.cohorts.records import ADD, DONE, FAILED, REMOVE, SKIPPED, UNKNOWN_TO_BRAZE, Change, Result
+from transforms.cohorts.records import ADD, FAILED, REMOVE, Result
 from transforms.cohorts.report import build_report, report_paths, write_report
-from transforms.cohorts.state import META_KEY, StateError, StateStore, new_run_id
+from transforms.cohorts.state import StateError, StateStore, new_run_id
 from transforms.secrets import SecretError, resolve_api_key
 
 __all__ = ["RunSwitches", "SyncPlan", "SyncOutcome", "plan_sync", "run_batch_sync", "safety_problem"]
 
 _LOG = logging.getLogger("pipeline.cohorts")
-BATCH_RUNNER = "FnApiRunner"
 _PERIOD_SECONDS = {"hourly": 3600, "daily": 86400}
 
 
@@ -162,78 +158,6 @@ def plan_sync(config: CohortConfig, sync_name: str, state_dir: str, *, report_di
             pass
     return SyncPlan(config, sync, target, store, report_dir or state_dir, new_run_id(now), _iso(now), last,
                     None if pointer is None else pointer["path"], version, notes)
-
-
-# --------------------------------------------------------------------------------------------
-# The two pipelines
-
-
-def _runner(options: PipelineOptions) -> PipelineOptions:
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = BATCH_RUNNER
-    if standard.runner == BATCH_RUNNER:
-        without_fnapi_state_cache()
-    return options
-
-
-def _write_lines(pcoll, label: str, path: str, header: Optional[str] = None):
-    return pcoll | label >> beam.io.WriteToText(path, num_shards=1, shard_name_template="", header=header)
-
-
-def build_diff_pipeline(options: PipelineOptions, plan: SyncPlan, membership_file: str) -> beam.Pipeline:
-    """Membership file → changes, unchanged members and skipped rows, in the run's scratch files."""
-    fmt = members.snapshot_format(membership_file)
-    columns = members.read_csv_header(membership_file) if fmt == "csv" else ()
-    p = beam.Pipeline(options=_runner(options))
-    resolved = (p
-                | "ReadMembership" >> members.ReadSnapshot(membership_file)
-                | "ResolveMembers" >> members.ResolveMembers(plan.target.user_mapping, fmt, columns))
-    last = p | "ReadLastMembership" >> ReadLastMembership(plan.last_path)
-    diff = {"new": resolved.members, "old": last} | "DiffMembership" >> DiffMembership()
-    _write_lines(diff.changes | "ChangesToJson" >> beam.Map(lambda c: orjson.dumps(c._asdict()).decode()),
-                 "WriteChanges", plan.scratch("changes.jsonl"))
-    _write_lines(diff[UNCHANGED_TAG] | "UnchangedToJson" >> beam.Map(lambda m: member_line(*m)),
-                 "WriteUnchanged", plan.scratch("unchanged.jsonl"))
-    _write_lines(resolved[members.SKIPPED_TAG] | "SkippedToJson" >> beam.Map(
-        lambda r: orjson.dumps(r.to_json()).decode()), "WriteSkipped", plan.scratch("skipped.jsonl"))
-    return p
-
-
-def _membership_after(result: Result):
-    """The Braze ids that are members after a successful run, from one delivery result.
-
-    Delivered adds join; a remove Braze refused for that user stays. Users unknown to Braze
-    never join: an add skipped as unknown is left out so the next run adds it once Braze knows
-    the user; a remove skipped as unknown has nothing left to remove.
-    """
-    if result.op == ADD and result.status == DONE:
-        yield member_line(result.key, result.amplitude_ids)
-    elif result.op == REMOVE and result.status == SKIPPED and result.reason != UNKNOWN_TO_BRAZE:
-        yield member_line(result.key, result.amplitude_ids)
-
-
-def _change_of(line: str) -> Change:
-    d = orjson.loads(line)
-    return Change(d["op"], d["key"], tuple(d["amplitude_ids"]))
-
-
-def build_deliver_pipeline(options: PipelineOptions, plan: SyncPlan, *, policy: RetryPolicy, shards: int,
-                           resolve_key: Callable[[str], str]) -> beam.Pipeline:
-    """The run's changes → Braze; the results and the run's new membership as files."""
-    p = beam.Pipeline(options=_runner(options))
-    delivered = (p
-                 | "ReadChanges" >> beam.io.ReadFromText(plan.scratch("changes.jsonl"))
-                 | "ParseChanges" >> beam.Map(_change_of).with_output_types(Change)
-                 | "DeliverChanges" >> DeliverChanges(plan.target, plan.sync, policy, shards=shards,
-                                                      resolve_key=resolve_key))
-    _write_lines(delivered | "ResultsToJson" >> beam.Map(lambda r: orjson.dumps(r.to_json()).decode()),
-                 "WriteResults", plan.scratch("results.jsonl"))
-    unchanged = p | "ReadUnchanged" >> beam.io.ReadFromText(plan.scratch("unchanged.jsonl"))
-    _write_lines((unchanged, delivered | "MembersAfterDelivery" >> beam.FlatMap(_membership_after))
-                 | "NewMembership" >> beam.Flatten(),
-                 "WriteNewMembership", plan.new_membership_path, header=orjson.dumps({META_KEY: plan.meta()}).decode())
-    return p
 
 
 # --------------------------------------------------------------------------------------------
