@@ -3,7 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock test demo bench replay cohort-demo metadata bootstrap template launch clean
+.PHONY: install lock test demo bench replay cohort-demo metadata bootstrap template launch clean cohort-metadata \
+        template-cohorts launch-cohorts schedule
 
 # Installs from the lock (requirements-dev.txt = requirements.txt, which the image installs,
 # plus the test and bench extras): every package pinned and hash-checked, so local runs and
@@ -46,7 +47,8 @@ bench: install
 replay: install
 	$(PY) -m pipeline.replay $(ARGS)
 
-# The cohort-sync job against the Braze simulator: a full sync, then an incremental one.
+# The cohort-sync job against the stand-ins (Braze simulator, Amplitude stand-in, Pub/Sub emulator):
+# the streaming mode over the cohort feed, then a download-based sync (full, then a delta).
 cohort-demo: install
 	$(PY) -m local.cohort_demo
 
@@ -72,6 +74,22 @@ template: install
 launch: install
 	$(PY) -m templates.deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update) \
 		$(foreach m,$(MAPPINGS),--mapping '$(m)')
+
+# The cohort job (templates/cohorts_deploy.py, templates/env/cohorts/$(ENV).json). Its two template
+# specs run the image `make template` builds; DRY_RUN=1 prints the gcloud commands instead.
+cohort-metadata: install
+	$(PY) -m templates.cohorts_metadata
+
+template-cohorts: install
+	$(PY) -m templates.cohorts_deploy template --env $(ENV) $(if $(DRY_RUN),--dry-run)
+
+# Upload $(ENV)'s cohorts file and start the streaming mode (Amplitude's Pub/Sub cohort feed).
+launch-cohorts: install
+	$(PY) -m templates.cohorts_deploy launch --env $(ENV) $(if $(DRY_RUN),--dry-run) $(if $(UPDATE),--update)
+
+# Create or update one Cloud Scheduler job per scheduled sync (downloads and reconciles).
+schedule: install
+	$(PY) -m templates.cohorts_deploy schedule --env $(ENV) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

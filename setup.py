@@ -23,7 +23,8 @@ setuptools.setup(
         "tzdata>=2024.1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "jsonschema>=4.20,<5", "aiosmtpd>=1.4,<2"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "jsonschema>=4.20,<5", "aiosmtpd>=1.4,<2",
+                 "hypothesis>=6.100,<7"],
         "bench": ["pyinstrument>=4.6,<6", "matplotlib>=3.8,<4"],
     },
 )

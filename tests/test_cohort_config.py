@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipeline.cohort_config import (
-    DEFAULT_TARGET, ConfigError, CohortSync, EmailSettings, Target, UserMapping, load_cohorts, parse_cohorts,
+    DEFAULT_TARGET, AmplitudeSettings, ConfigError, CohortSync, EmailSettings, Target, UserMapping, load_cohorts, parse_cohorts,
 )
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -43,7 +43,14 @@ def test_valid_file_with_named_targets():
     assert eu.user_mapping.source == "email"
     assert (eu.verify_users, eu.lookup_api_key) == (True, None)  # the check uses api_key
     assert config.sync("churn-risk-live") == CohortSync("churn-risk-live", "def456", "Churn risk", "US Production",
-                                                        "real_time")
+                                                        "real_time", "feed", "weekly", 0.2)
+    assert [(s.name, s.source, s.schedule) for s in config.syncs] == [
+        ("power-users-us", "download", "daily"), ("power-users-eu", "snapshot", None),
+        ("churn-risk-live", "feed", "weekly")]
+    assert config.amplitude == AmplitudeSettings(
+        api_key="projects/my-project/secrets/amplitude-api-key/versions/latest",
+        secret_key="projects/my-project/secrets/amplitude-secret-key/versions/latest")
+    assert config.amplitude.base_url == "https://amplitude.com"
     assert config.email == EmailSettings(
         smtp_host="smtp.example.com", sender="cohorts@example.com",
         recipients=("growth@example.com", "data@example.com"), smtp_port=587, starttls=True,
@@ -174,8 +181,75 @@ def test_email_settings_are_checked():
         "notifications.email.recipients: at least one recipient is required",
         "notifications.email.password: must be a reference (env:NAME or projects/P/secrets/S/versions/V), not a key",
         "notifications.email: username and password go together (SMTP login)",
+        "notifications.email.password: an SMTP password is only sent over TLS: set starttls: true (port 587) or "
+        "ssl: true (port 465)",
     ]
     assert FAKE_KEY not in "\n".join(problems)
+
+
+def test_an_smtp_password_needs_tls():
+    email = {"smtp_host": "mail", "sender": "a@x.io", "recipients": ["b@x.io"], "username": "u",
+             "password": "env:SMTP_PASSWORD"}
+    doc = _doc(_target())
+    doc["notifications"] = {"email": email}
+    assert _problems(doc) == ["notifications.email.password: an SMTP password is only sent over TLS: set starttls: "
+                              "true (port 587) or ssl: true (port 465)"]
+    doc["notifications"] = {"email": {**email, "ssl": True, "smtp_port": 465}}
+    assert parse_cohorts(doc).email.ssl is True
+    doc["notifications"] = {"email": {**email, "ssl": True, "starttls": True}}
+    assert _problems(doc)[0].startswith("notifications.email.ssl: starttls and ssl exclude each other")
+    doc["notifications"] = {"email": {k: v for k, v in email.items() if k not in ("username", "password")}}
+    assert parse_cohorts(doc).email.password is None  # no login: plain SMTP is allowed
+
+
+AMPLITUDE = {"api_key": "env:AMP_KEY", "secret_key": "env:AMP_SECRET"}
+
+
+def _sync(name, **extra):
+    return {"name": name, "cohort_id": name, "cohort_name": name.title(), "target": "T", **extra}
+
+
+def test_sources_and_their_rules():
+    device = _target(user_mapping={"type": "device_id"})
+    problems = _problems(_doc(device, syncs=[
+        _sync("a", cadence="real_time"),  # feed by default: no device ids in the feed
+        _sync("b", cadence="daily", source="download"),  # download without the amplitude section
+        _sync("c", cadence="real_time", source="snapshot"),
+        _sync("d", cadence="daily", source="download", reconcile="daily"),
+        _sync("e", cadence="daily", max_removed_share=0)]))
+    assert problems == [
+        "cohort_syncs[2].cadence: real_time needs source: feed (a snapshot is a whole membership at one time; "
+        "real-time changes come from the Pub/Sub feed)",
+        "cohort_syncs[3].reconcile: only for source: feed (download syncs run at their cadence)",
+        "cohort_syncs[4].max_removed_share: must be a number > 0 and <= 1 (a share of the members), got number",
+        "cohort_syncs[0].source: target 'T' maps users by device_id, but Amplitude's Pub/Sub cohort feed carries "
+        "only user_id: use source: download for device-id targets",
+        "cohort_syncs[1].source: downloads from Amplitude need the 'amplitude' section (api_key, secret_key, region)",
+    ]
+
+
+def test_scheduled_downloads_must_fit_the_monthly_budget():
+    doc = _doc(_target(), syncs=[_sync("h", cadence="hourly", source="download"),
+                                 _sync("d", cadence="daily", source="download"),
+                                 _sync("f", cadence="real_time", reconcile="weekly"),
+                                 _sync("o", cadence="one_time", source="download")])
+    doc["amplitude"] = AMPLITUDE
+    assert _problems(doc) == [
+        "cohort_syncs: the scheduled downloads need 780 a month (1 daily × 31 + 1 hourly × 744 + 1 weekly × 5), "
+        "over Amplitude's budget of 500 less the reserve of 50 (450): make hourly syncs daily, or move them to "
+        "source: feed (its changes cost no download), or raise amplitude.monthly_download_budget if your plan "
+        "allows more"]
+    doc["cohort_syncs"][0]["cadence"] = "daily"
+    config = parse_cohorts(doc)
+    assert [s.schedule for s in config.syncs] == ["daily", "daily", "weekly", None]  # one_time: by hand
+    doc["amplitude"] = {**AMPLITUDE, "region": "eu", "endpoint": "http://127.0.0.1:9"}
+    assert _problems(doc) == ["amplitude.endpoint: must be one of https://amplitude.com, "
+                              "https://analytics.eu.amplitude.com (set region instead); another host only with "
+                              "--allow_insecure_endpoints (the local stand-in)"]
+    config = parse_cohorts(doc, allow_insecure_endpoints=True)
+    assert config.amplitude.base_url == "http://127.0.0.1:9"
+    del doc["amplitude"]["endpoint"]
+    assert parse_cohorts(doc).amplitude.base_url == "https://analytics.eu.amplitude.com"
 
 
 def test_empty_and_wrong_documents():

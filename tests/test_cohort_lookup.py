@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from pipeline.cohort_config import CohortSync, Target, UserMapping
-from pipeline.cohorts import plan_sync, run_snapshot_sync
+from pipeline.cohort_batch import plan_sync, run_batch_sync
 from transforms import braze_client as bc
 from transforms.braze_client import Response, TransportError
 from transforms.cohorts.delivery import CohortDeliverer, DeliverChanges, RetryPolicy
@@ -197,7 +197,7 @@ def test_lookups_wait_out_a_429(sim, tmp_path):
     plan = plan_sync(config, "sync-0", str(tmp_path / "state"))
     policy = RetryPolicy(timeout_seconds=5, max_attempts=3, max_retry_seconds=5, backoff_base_seconds=0.01,
                          backoff_cap_seconds=0.01)
-    outcome = run_snapshot_sync(plan, _snapshot(tmp_path, "1.csv", FIRST), policy=policy, shards=1)
+    outcome = run_batch_sync(plan, snapshot=_snapshot(tmp_path, "1.csv", FIRST), policy=policy, shards=1)
     assert outcome.status == "success" and _attribute_members(sim) == ["u1", "u2", "u3"]
     assert [r["status"] for r in _lookups(sim)] == [429, 201]
 

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import cohorts as job
 from pipeline.cohort_config import parse_cohorts
-from pipeline.cohorts import plan_sync, run_snapshot_sync
+from pipeline.cohort_batch import RunSwitches, plan_sync, run_batch_sync
 from transforms.cohorts.delivery import RetryPolicy
 from transforms.cohorts.report import CSV_COLUMNS
 from transforms.cohorts.state import StateError, StateStore
@@ -67,7 +67,7 @@ def _snapshot(directory, name, rows, columns=("amplitude_id", "user_id", "device
 
 def _run(config, sync_name, state_dir, snapshot, **kwargs):
     plan = plan_sync(config, sync_name, str(state_dir))
-    return plan, run_snapshot_sync(plan, snapshot, policy=FAST, shards=2, **kwargs)
+    return plan, run_batch_sync(plan, snapshot=snapshot, policy=FAST, shards=2, **kwargs)
 
 
 def _members(sim, cohort=COHORT):
@@ -285,18 +285,24 @@ def test_alias_and_device_id_mappings(sim, tmp_path):
     assert "/partners/amplitude-dev/cohorts/users" in paths
 
 
-def test_snapshot_runs_of_a_real_time_sync_only_for_the_initial_population(sim, tmp_path):
-    config = _config(_target(sim), cadence="real_time")
+def test_batch_runs_of_a_feed_sync_bootstrap_it_then_need_reconcile(sim, tmp_path):
+    config = _config(_target(sim), cadence="real_time")  # source: feed by default
     _run(config, "sync-0", tmp_path / "state", _snapshot(tmp_path, "1.csv", FIRST))
-    with pytest.raises(StateError, match="already has its initial population"):
+    with pytest.raises(StateError, match="already has its initial population.*needs --reconcile"):
         plan_sync(config, "sync-0", str(tmp_path / "state"))
-    with pytest.raises(StateError, match="run it with --snapshot"):
-        plan_sync(_config(_target(sim)), "sync-0", str(tmp_path / "other"), realtime=True)
+    plan = plan_sync(config, "sync-0", str(tmp_path / "state"), reconcile=True)
+    outcome = run_batch_sync(plan, snapshot=_snapshot(tmp_path, "2.csv", SECOND), policy=FAST,
+                             switches=RunSwitches(reconcile=True))
+    assert (plan.mode, outcome.status) == ("incremental", "success")
+    assert "run with --reconcile" in outcome.report["notes"]
 
 
 def test_bad_options_exit_2(tmp_path, capsys):
-    assert job.run(["--config", "x.yaml", "--sync", "s", "--state_dir", str(tmp_path)]) == 2
-    assert "pass exactly one of --snapshot" in capsys.readouterr().err
+    assert job.run(["--config", "x.yaml", "--state_dir", str(tmp_path)]) == 2
+    assert "--sync is required for a batch run" in capsys.readouterr().err
+    assert job.run(["--config", "x.yaml", "--state_dir", str(tmp_path),
+                    "--input_subscription", "projects/p/subscriptions/s"]) == 2
+    assert "--dead_letter_topic is required with --input_subscription" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +376,7 @@ def test_an_email_that_cannot_be_sent_does_not_fail_the_sync(sim, tmp_path):
 def test_state_and_reports_can_live_apart(sim, tmp_path):
     config = _config(_target(sim))
     plan = plan_sync(config, "sync-0", str(tmp_path / "state"), report_dir=str(tmp_path / "reports"))
-    outcome = run_snapshot_sync(plan, _snapshot(tmp_path, "1.csv", FIRST), policy=FAST)
+    outcome = run_batch_sync(plan, snapshot=_snapshot(tmp_path, "1.csv", FIRST), policy=FAST)
     assert outcome.json_path.startswith(str(tmp_path / "reports" / "reports" / COHORT / "US"))
     assert not os.path.exists(plan.run_dir)  # scratch files removed
     shutil.rmtree(tmp_path / "reports")

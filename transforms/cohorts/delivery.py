@@ -1,4 +1,4 @@
-"""Delivering cohort changes to Braze: the two modes, the retry policy, the Beam transform.
+"""Delivering cohort changes to Braze: the two modes, and the Beam transform.
 
 Modes (``Target.delivery``; braze-api.md §5 and §1):
 
@@ -22,11 +22,10 @@ Braze does not know are ``skipped: unknown_to_braze`` and not sent, and a failed
 its changes FAILED. With ``verify_users: false`` every change is sent and reported as sent.
 Other skips: ``unresolved_mapping`` (no value for the mapped property), ``rejected_by_braze``.
 
-Retries follow the streaming sink (``transforms.sink``), built from the same pure rules in
-``transforms.braze_client``: 408/429/5xx/timeouts/connection errors are retried with
-exponential backoff and full jitter (a 429 waits as its rate-limit headers say), within
-``max_attempts`` and ``max_retry_seconds``; past either, the changes are FAILED
-(``retries_exhausted``), and a run with a FAILED change is a failed run.
+Retries (``transforms.cohorts.transport``) follow the streaming sink; past the budget the
+changes are FAILED (``retries_exhausted``), and a run with a FAILED change is a failed run. An
+unexpected error in the delivery step makes its changes FAILED (``internal_error``, guarded by
+``transforms.guard``) instead of stopping the job.
 
 Keys are resolved in ``setup()`` (``transforms.secrets.resolve_api_key``) and live only in the
 request bodies/headers; they never reach a result, a log line or a report.
@@ -35,29 +34,30 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import random
 import time
 import typing
 import zlib
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import orjson
-import requests
 from apache_beam.metrics import Metrics
 
 from pipeline.cohort_config import CohortSync, Target, UserMapping
 from transforms import braze_client as bc
-from transforms.braze_client import BrazeClient, Response, TransportError, backoff_seconds, classify, \
-    retry_wait_seconds
+from transforms.braze_client import BrazeClient, classify
 from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference
 from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
+from transforms.cohorts.transport import RETRIES_EXHAUSTED, PartnerClient, RetryPolicy, classify_partner, \
+    send_with_retries
+from transforms.guard import INTERNAL_ERROR, guarded
+from transforms.scrub import remember_secret
 from transforms.secrets import SecretError, resolve_api_key
 
 __all__ = [
-    "PARTNER_MAX_IDS", "TRACK_MAX_OBJECTS", "RetryPolicy", "CohortDeliverer", "DeliverChanges", "PartnerClient",
-    "attribute_value", "attribute_objects", "classify_partner", "cohort_label", "partner_changes_body",
+    "RETRIES_EXHAUSTED", "PARTNER_MAX_IDS", "TRACK_MAX_OBJECTS", "RetryPolicy", "CohortDeliverer", "DeliverChanges",
+    "PartnerClient", "attribute_value", "attribute_objects", "classify_partner", "cohort_label", "partner_changes_body",
     "partner_name_body", "send_with_retries",
 ]
 
@@ -66,7 +66,6 @@ _LOG = logging.getLogger(__name__)
 PARTNER_MAX_IDS = 1000  # user_ids + device_ids + aliases, per request (braze-api.md §5)
 TRACK_MAX_OBJECTS = 75  # objects per /users/track request (braze-api.md §1.2)
 METRICS_NAMESPACE = "cohorts"
-RETRIES_EXHAUSTED = "retries_exhausted"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 
 
@@ -118,108 +117,6 @@ def attribute_objects(mapping: UserMapping, attribute: str, value: str, op: str,
     return objects
 
 
-def classify_partner(response: Union[Response, TransportError]) -> bc.Verdict:
-    """The partner endpoints' answer → verdict. Any 2xx is success (its body is unconfirmed);
-    423 "resource locked" is retried; a 400 fails the whole request (no per-id errors)."""
-    if isinstance(response, Response):
-        shown = ""
-        if isinstance(response.body, dict) and isinstance(response.body.get("message"), str):
-            shown = response.body["message"]
-        shown = shown or response.text
-        if 200 <= response.status < 300:
-            return bc.Verdict(bc.OK, http_status=response.status)
-        if response.status == 423:
-            return bc.Verdict(bc.RETRY, "http_423", f"HTTP 423: {shown}".rstrip(": "), 423)
-        if response.status in (400, 413):
-            return bc.Verdict(bc.FAIL, bc.BRAZE_REJECTED, f"HTTP {response.status}: {shown}".rstrip(": "),
-                              response.status)
-    return classify(response)
-
-
-# --------------------------------------------------------------------------------------------
-# Transport and retries
-
-
-class PartnerClient(BrazeClient):
-    """``BrazeClient``'s transport (session, timeouts, no redirects, TLS, TransportError) for
-    the partner endpoints: the keys travel in the body, so no Authorization header is sent,
-    and both keys are scrubbed from any error text."""
-
-    def __init__(self, endpoint: str, path: str, secrets: Sequence[str], timeout_seconds: float,
-                 session: Optional[requests.Session] = None):
-        super().__init__(endpoint, secrets[0], timeout_seconds, session)
-        self.url = self.endpoint + path
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self._secrets = tuple(s for s in secrets if s)
-
-    def post(self, body: bytes) -> Response:
-        return self.post_track(body)  # the same POST, to self.url
-
-    def _scrub(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
-
-    def __repr__(self) -> str:
-        return f"PartnerClient(url={self.url!r}, timeout_seconds={self.timeout_seconds})"
-
-    __str__ = __repr__
-
-
-class RetryPolicy(NamedTuple):
-    timeout_seconds: float = 10.0
-    max_attempts: int = 6
-    max_retry_seconds: float = 120.0
-    backoff_base_seconds: float = 0.5
-    backoff_cap_seconds: float = 30.0
-    max_rate_limit_wait_seconds: float = 60.0
-
-    def check(self) -> "RetryPolicy":
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        for name in ("timeout_seconds", "max_retry_seconds", "backoff_base_seconds", "backoff_cap_seconds",
-                     "max_rate_limit_wait_seconds"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
-                    or (name == "timeout_seconds" and value == 0):
-                raise ValueError(f"{name} must be a finite number >= 0 (timeout > 0), got {value!r}")
-        return self
-
-
-def send_with_retries(send: Callable[[], Response], judge: Callable, policy: RetryPolicy,
-                      sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
-                      rng=random) -> Tuple[bc.Verdict, int]:
-    """Send until the answer is not RETRY, or the attempts or time budget run out.
-
-    Returns ``(final verdict, attempts)``; an exhausted budget is ``FAIL retries_exhausted``.
-    """
-    start, waited, attempt = clock(), 0.0, 0
-    while True:
-        attempt += 1
-        try:
-            answer = send()
-        except TransportError as e:
-            answer = e
-        verdict = judge(answer)
-        if verdict.action != bc.RETRY:
-            return verdict, attempt
-        header_wait = None
-        if verdict.rate_limited and isinstance(answer, Response):
-            header_wait = retry_wait_seconds(answer.headers, clock(), policy.max_rate_limit_wait_seconds)
-        elapsed = max(clock() - start, waited)
-        remaining = policy.max_retry_seconds - elapsed
-        if attempt >= policy.max_attempts or remaining <= 0 or (header_wait is not None and header_wait > remaining):
-            return bc.Verdict(bc.FAIL, RETRIES_EXHAUSTED,
-                              f"gave up after {attempt} attempt(s) in {elapsed:.1f}s; last error: {verdict.detail}",
-                              verdict.http_status), attempt
-        wait = header_wait if header_wait is not None else backoff_seconds(
-            attempt, policy.backoff_base_seconds, policy.backoff_cap_seconds, rng)
-        wait = max(0.0, min(wait, remaining))
-        if wait > 0:
-            sleep(wait)
-            waited += wait
-
-
 # --------------------------------------------------------------------------------------------
 # One target's deliverer (plain Python; used by the batch and the real-time DoFns)
 
@@ -264,6 +161,8 @@ class CohortDeliverer:
             if self._lookup_ref is not None:
                 lookup_key = self._keys[0] if self._lookup_ref == self.target.api_key and \
                     self.target.delivery == "attribute" else self._resolve_key(self._lookup_ref)
+            for key in self._keys + (lookup_key,):
+                remember_secret(key)
         except SecretError as e:
             self._key_error = str(e)
             _LOG.error("target %s: cannot read a key: %s", self.target.name, e)
@@ -415,6 +314,17 @@ class DeliverChanges(beam.PTransform):
         )
 
 
+def failed_results(changes, failure) -> List[Result]:
+    """Every change of an element whose stage failed unexpectedly, as FAILED ``internal_error``
+    (so the run fails, the membership is kept and the next run sends them again)."""
+    return [Result(c.op, c.key, tuple(c.amplitude_ids), FAILED, INTERNAL_ERROR,
+                   failure.detail) for c in changes if isinstance(c, Change)]
+
+
+def _on_deliver_error(dofn, element, failure):
+    return failed_results(list(element[1]), failure)
+
+
 class _DeliverDoFn(beam.DoFn):
     def __init__(self, deliverer: CohortDeliverer):
         self._deliverer = deliverer
@@ -425,6 +335,7 @@ class _DeliverDoFn(beam.DoFn):
     def teardown(self):
         self._deliverer.close()
 
+    @guarded("cohorts.deliver", _on_deliver_error)
     def process(self, element):
         key, changes = element
         op = key.split(":", 1)[0]

@@ -9,6 +9,10 @@ Amplitude users in the cohort now, one per line:
   row per user. Quoted fields work; a field holding a line break does not (lines are read
   one at a time so the file can be split across workers).
 
+Files from Amplitude's cohort download API are CSVs of this kind (quoted, header
+``"amplitude_id","user_id"``); Amplitude's own client notes that every value starts with a tab
+character, so a leading tab is stripped from every header name and value (harmless when absent).
+
 ``amplitude_id`` is required; the other columns are whatever the targets' mappings read
 (``user_id``, ``device_id``, the alias source). A user whose mapped value is missing or empty
 is skipped with ``unresolved_mapping`` (Amplitude's "Unresolved mapping"), reported, and not
@@ -56,7 +60,7 @@ def read_csv_header(path: str) -> tuple:
     with FileSystems.open(path) as f:
         first = f.readline().decode("utf-8-sig")
     columns = next(csv.reader([first]), [])
-    columns = tuple(c.strip() for c in columns)
+    columns = tuple(c.strip().lstrip("\t") for c in columns)
     if "amplitude_id" not in columns:
         raise ValueError(f"snapshot {path!r}: the header row has no 'amplitude_id' column (got {list(columns)})")
     return columns
@@ -75,6 +79,7 @@ def parse_line(line: str, fmt: str, columns: Sequence[str] = ()) -> Optional[dic
     values = next(csv.reader(io.StringIO(line)), None)
     if values is None or len(values) != len(columns):
         return None
+    values = [v[1:] if v.startswith("\t") else v for v in values]
     return {c: (v if v != "" else None) for c, v in zip(columns, values)}
 
 

@@ -1,7 +1,10 @@
 """The email every run sends, on success and on failure (seed: "Email notifications").
 
-Plain ``smtplib`` to the configured server: optional STARTTLS, optional login with a password
-*reference* (``env:NAME`` / Secret Manager, read through ``transforms.secrets``). The subject
+Plain ``smtplib`` to the configured server: STARTTLS or SMTPS (``ssl``), and a login with a
+password *reference* (``env:NAME`` / Secret Manager, read through ``transforms.secrets``) only
+over TLS: the config refuses a password without it, and ``send_email`` refuses again, so the
+password never travels in clear. Subject and body are scrubbed of every key the process read
+and of the keys passed in (``transforms.scrub``). The subject
 says success or failure, the sync, the cohort and the counts; the body lists the run's errors
 and where the report is. A notification that cannot be sent is logged and recorded in the
 report; it never turns a successful sync into a failed one (``send_run_email`` does not raise).
@@ -16,6 +19,7 @@ import ssl
 from typing import Callable, Optional
 
 from pipeline.cohort_config import EmailSettings
+from transforms.scrub import remember_secret, scrub
 from transforms.secrets import SecretError, resolve_api_key
 
 __all__ = ["NotifyError", "compose", "send_email", "send_run_email"]
@@ -61,6 +65,8 @@ def compose(report: dict, report_paths=()) -> tuple:
 def send_email(settings: EmailSettings, subject: str, body: str,
                resolve_key: Callable[[str], str] = resolve_api_key) -> None:
     """Send one message; raises ``NotifyError`` (never with the password in it)."""
+    if settings.password and not (settings.starttls or settings.ssl):
+        raise NotifyError("refused to log in without TLS: set starttls or ssl in notifications.email")
     message = email.message.EmailMessage()
     message["Subject"] = subject
     message["From"] = settings.sender
@@ -74,28 +80,33 @@ def send_email(settings: EmailSettings, subject: str, body: str,
             password = resolve_key(settings.password)
         except SecretError as e:
             raise NotifyError(f"cannot read the SMTP password: {e}") from None
+        remember_secret(password)
     try:
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_seconds) as smtp:
+        if settings.ssl:
+            connection = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_seconds,
+                                          context=ssl.create_default_context())
+        else:
+            connection = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_seconds)
+        with connection as smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if settings.username:
                 smtp.login(settings.username, password or "")
             refused = smtp.send_message(message, from_addr=settings.sender, to_addrs=list(settings.recipients))
     except (smtplib.SMTPException, OSError) as e:
-        text = str(e)
-        if password:
-            text = text.replace(password, "***")
+        text = scrub(str(e), (password,))
         raise NotifyError(f"SMTP {settings.smtp_host}:{settings.smtp_port}: {type(e).__name__}: {text}") from None
     if refused:
         raise NotifyError(f"the SMTP server refused recipients: {', '.join(sorted(refused))}")
 
 
 def send_run_email(settings: Optional[EmailSettings], report: dict, report_paths=(),
-                   resolve_key: Callable[[str], str] = resolve_api_key) -> dict:
+                   resolve_key: Callable[[str], str] = resolve_api_key, secrets=()) -> dict:
     """Send the run's email; returns ``{"sent": bool, "error": str}`` for the report. Never raises."""
     if settings is None:
         return {"sent": False, "error": "not configured"}
     subject, body = compose(report, report_paths)
+    subject, body = scrub(subject, secrets), scrub(body, secrets)
     try:
         send_email(settings, subject, body, resolve_key)
     except NotifyError as e:

@@ -1,186 +1,92 @@
-"""Real-time cohort sync: enter/leave messages from Pub/Sub, flushed at least every minute.
+"""Delivering the feed's changes: buffered per sync and shard, flushed at least every minute.
 
-Message shapes (UTF-8 JSON; both accepted, one or a JSON array of them per message):
+Changes for one sync (``(time_ms, key, op, amplitude_ids, user_id, properties)``, from
+``transforms.cohorts.feed_state``) are keyed by a shard of the Braze id and buffered in state;
+the first change of an empty buffer sets a processing-time timer ``flush_seconds`` (≤ 60)
+ahead, and the end of the input (a drain, or a test's end) flushes too. At a flush the last
+change per user wins (by time, then arrival), and the changes go out through the same
+``CohortDeliverer`` as batch runs.
 
-* a change: ``{"cohort_id": "c1", "change": "enter"|"leave", "amplitude_id": 1, "user_id": "u1",
-  "device_id": "d1", "time": 1767225600000}`` (``time`` epoch ms or ISO 8601; the fields the
-  target's mapping reads must be there);
-* Amplitude's cohort-webhook payload (amplitude.md §3.6): ``{"cohort_id", "in_cohort": true|false,
-  "users": [{"user_id": ..., "user_properties": {...}}], "message_id", "computed_time"}``; the mapped
-  field is looked up on the user, then in its ``user_properties``.
-
-Messages for other cohorts are ignored (counted); users without a value for the mapped field
-are skipped (``unresolved_mapping``, counted and logged: like Amplitude, real-time skips are
-not in a CSV).
-
-Flushing: changes are keyed by a shard of the Braze id and buffered in state; the first
-change of an empty buffer sets a processing-time timer ``flush_seconds`` (≤ 60) ahead, and the
-end of the input (drain, or a test's end) flushes too. At a flush the last change per user
-wins (by ``time``, then arrival), and the changes go out through the same ``CohortDeliverer``
-as batch runs. Changes whose request failed after the retries stay buffered, unless a newer
-change for that user arrived, and go again at the next flush ("changes are sent once the
-issue is resolved", amplitude.md §3.1); that includes changes whose ``/users/export/ids``
-check failed (``verify_users``, see ``transforms.cohorts.lookup``). Users the check finds
-unknown to Braze are skipped (``unknown_to_braze``) and not kept: with no membership state,
-such a user is added when a later enter arrives after Braze knows them. Each flush that sent anything writes a report
-(``mode: real_time``) when a report directory is given; the email goes only when a flush fails
-after the previous one succeeded, and when one succeeds after failures, not every minute.
-
-Real time does not update the snapshot state file (a minute-by-minute rewrite of the whole
-membership would not scale); it sends deltas only, as the stream gives them.
+Failures: changes whose request failed after the retries stay buffered, unless a newer change
+for that user arrived, and go again at the next flush ("changes are sent once the issue is
+resolved", amplitude.md §3.1), and their FAILED results go to the reports (a failed hour is
+emailed). The *final* flush (drain, end of input) cannot wait for a next one: its failed changes
+go to the dead letters, each as a feed message for that user a replay can republish, never
+dropped. An unexpected error in a flush dead-letters the buffered changes the same way
+(``internal_error``). Users the existence check finds unknown to Braze are skipped
+(``unknown_to_braze``) and not kept.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 import typing
 import zlib
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List
 
 import apache_beam as beam
 import orjson
-from apache_beam import coders, pvalue
+from apache_beam import pvalue
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, EmailSettings, Target, UserMapping
+from pipeline.cohort_config import CohortSync, Target
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy
-from transforms.cohorts.members import mapped_value
-from transforms.cohorts.records import ADD, FAILED, REMOVE, SKIPPED, UNRESOLVED_MAPPING, Change, Result
+from transforms.cohorts.feed import DEAD_LETTER_TAG, feed_dead_letter
+from transforms.cohorts.records import ADD, FAILED, REMOVE, Change
+from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of
 from transforms.secrets import resolve_api_key
 
-__all__ = ["MAX_FLUSH_SECONDS", "FlushAndDeliver", "FlushReporter", "ParseCohortChanges", "SKIPPED_TAG",
-           "collapse", "parse_message"]
+__all__ = ["MAX_FLUSH_SECONDS", "FlushAndDeliver", "collapse", "redelivery_message"]
 
 _LOG = logging.getLogger(__name__)
 MAX_FLUSH_SECONDS = 60.0
-SKIPPED_TAG = "skipped"
-METRICS_NAMESPACE = "cohorts"
-_ENTER = ("enter", "entered", "add", "join")
-_LEAVE = ("leave", "left", "exit", "remove")
-
-
-def _time_ms(value) -> int:
-    if isinstance(value, bool) or value is None:
-        return 0
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            dt = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return 0
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=datetime.timezone.utc)
-        return int(dt.timestamp() * 1000)
-    return 0
-
-
-def parse_message(data: bytes, cohort_id: str, mapping: UserMapping) -> Tuple[List[tuple], List[Result], int]:
-    """``(changes, skipped, ignored)``: changes are ``(time_ms, key, op, amplitude_ids)``."""
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return [], [Result(ADD, "", (), SKIPPED, "invalid_message", "not JSON")], 0
-    records = document if isinstance(document, list) else [document]
-    changes, skipped, ignored = [], [], 0
-    field = mapping.source
-    for record in records:
-        if not isinstance(record, dict):
-            skipped.append(Result(ADD, "", (), SKIPPED, "invalid_message", "not a JSON object"))
-            continue
-        if str(record.get("cohort_id")) != cohort_id:
-            ignored += 1
-            continue
-        if "users" in record and "in_cohort" in record:  # cohort webhook shape
-            op = ADD if record["in_cohort"] is True else REMOVE
-            when = _time_ms(record.get("computed_time"))
-            users = [u for u in record["users"] if isinstance(u, dict)] if isinstance(record["users"], list) else []
-        else:
-            change = str(record.get("change", "")).lower()
-            if change not in _ENTER + _LEAVE:
-                skipped.append(Result(ADD, "", (), SKIPPED, "invalid_message",
-                                      "'change' must be 'enter' or 'leave'"))
-                continue
-            op = ADD if change in _ENTER else REMOVE
-            when = _time_ms(record.get("time"))
-            users = [record]
-        for user in users:
-            amplitude_id = mapped_value(user, "amplitude_id")
-            ids = (amplitude_id,) if amplitude_id else ()
-            key = mapped_value(user, field)
-            if key is None and isinstance(user.get("user_properties"), dict):
-                key = mapped_value(user["user_properties"], field)
-            if key is None:
-                skipped.append(Result(op, "", ids, SKIPPED, UNRESOLVED_MAPPING, f"no value for {field!r}"))
-                continue
-            changes.append((when, key, op, ids))
-    return changes, skipped, ignored
+METRICS_NAMESPACE = "cohort_feed"
+STAGE = "cohort_feed.deliver"
 
 
 def collapse(buffered: Iterable[tuple]) -> List[Change]:
     """The last change per key (by time, then arrival order), as ``Change`` records."""
     last = {}
-    for position, (when, key, op, ids) in enumerate(buffered):
+    for position, (when, key, op, ids, *_) in enumerate(buffered):
         current = last.get(key)
         if current is None or (when, position) >= (current[0], current[1]):
             last[key] = (when, position, op, tuple(ids))
     return [Change(op, key, ids) for key, (_, _, op, ids) in sorted(last.items())]
 
 
-class ParseCohortChanges(beam.PTransform):
-    """Pub/Sub payloads (bytes, or PubsubMessage) → ``(time_ms, key, op, amplitude_ids)``; skips on a tag."""
+def redelivery_message(sync: CohortSync, change: tuple) -> bytes:
+    """One buffered change as a feed message (one user), for a dead letter a replay republishes.
 
-    def __init__(self, cohort_id: str, mapping: UserMapping):
-        super().__init__()
-        self._cohort_id = cohort_id
-        self._mapping = mapping
-
-    def expand(self, messages):
-        return messages | "Parse changes" >> beam.ParDo(
-            _ParseDoFn(self._cohort_id, self._mapping)).with_outputs(SKIPPED_TAG, main="changes")
-
-
-class _ParseDoFn(beam.DoFn):
-    def __init__(self, cohort_id, mapping):
-        self._cohort_id = cohort_id
-        self._mapping = mapping
-        self._ignored = Metrics.counter(METRICS_NAMESPACE, "realtime_other_cohort")
-        self._skipped = Metrics.counter(METRICS_NAMESPACE, "realtime_skipped")
-
-    def process(self, message):
-        data = getattr(message, "data", message)
-        changes, skipped, ignored = parse_message(data, self._cohort_id, self._mapping)
-        if ignored:
-            self._ignored.inc(ignored)
-        for r in skipped:
-            self._skipped.inc()
-            _LOG.info("real-time change skipped: %s (%s)", r.reason, r.detail)
-            yield pvalue.TaggedOutput(SKIPPED_TAG, r)
-        yield from changes
+    Its ``message_id`` is new, so the feed's dedup does not drop the replay, and its
+    ``computed_time`` is the change's own, so a newer change for the user still wins."""
+    when, key, op, _ids, *rest = change
+    user_id = rest[0] if rest and rest[0] else key
+    props = rest[1] if len(rest) > 1 and rest[1] else ""
+    user = {"user_id": user_id, **({"user_properties": orjson.loads(props)} if props else {})}
+    return orjson.dumps({"cohort_id": sync.cohort_id, "cohort_name": sync.cohort_name, "in_cohort": op == ADD,
+                         "computed_time": str(when / 1000), "message_id": f"redelivery:{sync.name}:{key}:{when}",
+                         "users": [user]})
 
 
 class FlushAndDeliver(beam.PTransform):
-    """``(time_ms, key, op, amplitude_ids)`` → delivered ``Result`` records, flushed at least
-    every ``flush_seconds`` of processing time (≤ 60), and at the end of the input.
+    """One sync's changes → delivered ``Result`` records, flushed at least every
+    ``flush_seconds`` of processing time (≤ 60) and at the end of the input; dead letters on
+    ``DEAD_LETTER_TAG``.
 
     Args:
       target, sync: where the changes go.
       flush_seconds: longest time a change waits before it is sent (0 < s ≤ 60).
-      shards: buffers per cohort (parallel requests); one user always lands in the same one.
-      on_flush: optional ``callable(results, status, was_failing)`` called on the worker after
-        each flush, ``status`` "success" or "failed", ``was_failing`` the previous flush's
-        state (``FlushReporter``: reports and notifications).
+      shards: buffers per sync (parallel requests); one user always lands in the same one.
       clock: epoch seconds for the flush timer, injectable for TestStream (its processing time
         starts at 0).
     """
 
     def __init__(self, target: Target, sync: CohortSync, policy: RetryPolicy = RetryPolicy(), *,
-                 flush_seconds: float = MAX_FLUSH_SECONDS, shards: int = 1,
-                 on_flush: Optional[Callable] = None, resolve_key=resolve_api_key,
+                 flush_seconds: float = MAX_FLUSH_SECONDS, shards: int = 1, resolve_key=resolve_api_key,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):
         super().__init__()
         if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or \
@@ -191,33 +97,33 @@ class FlushAndDeliver(beam.PTransform):
         self._deliverer = CohortDeliverer(target, sync, policy, resolve_key=resolve_key, sleep=sleep)
         self._flush_seconds = float(flush_seconds)
         self._shards = shards
-        self._on_flush = on_flush
         self._clock = clock
 
     def expand(self, changes):
         shards = self._shards
         return (
             changes
-            | "Key by shard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, c)).with_output_types(
-                typing.Tuple[int, typing.Any])
+            | "Key by shard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, tuple(c)))
+            .with_output_types(typing.Tuple[int, typing.Tuple])
             | "Buffer, flush and send" >> beam.ParDo(
-                _FlushDoFn(self._deliverer, self._flush_seconds, self._on_flush, self._clock))
+                _FlushDoFn(self._deliverer, self._flush_seconds, self._clock)).with_outputs(
+                    DEAD_LETTER_TAG, main="results")
         )
 
 
 class _FlushDoFn(beam.DoFn):
-    BUFFER = BagStateSpec("changes", coders.PickleCoder())
-    TIMER_SET = ReadModifyWriteStateSpec("timer_set", coders.BooleanCoder())
-    FAILING = ReadModifyWriteStateSpec("failing", coders.BooleanCoder())
+    BUFFER = BagStateSpec("changes", FastPrimitivesCoder())
+    TIMER_SET = ReadModifyWriteStateSpec("timer_set", FastPrimitivesCoder())
     FLUSH_TIMER = TimerSpec("flush", TimeDomain.REAL_TIME)
     END_TIMER = TimerSpec("end", TimeDomain.WATERMARK)
 
-    def __init__(self, deliverer: CohortDeliverer, flush_seconds: float, on_flush, clock):
+    def __init__(self, deliverer: CohortDeliverer, flush_seconds: float, clock):
         self._deliverer = deliverer
         self._flush_seconds = flush_seconds
-        self._on_flush = on_flush
         self._clock = clock
-        self._flushes = Metrics.counter(METRICS_NAMESPACE, "realtime_flushes")
+        self._flushes = Metrics.counter(METRICS_NAMESPACE, "flushes")
+        self._retrying = Metrics.counter(METRICS_NAMESPACE, f"{deliverer.sync.name}.changes_retried")
+        self._dead = Metrics.counter(METRICS_NAMESPACE, f"{deliverer.sync.name}.changes_dead_lettered")
 
     def setup(self):
         self._deliverer.open()
@@ -228,88 +134,76 @@ class _FlushDoFn(beam.DoFn):
     def process(self, element, window=beam.DoFn.WindowParam, buffer=beam.DoFn.StateParam(BUFFER),
                 timer_set=beam.DoFn.StateParam(TIMER_SET), flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER),
                 end_timer=beam.DoFn.TimerParam(END_TIMER)):
-        _, change = element
-        buffer.add(tuple(change))
+        try:
+            _, change = element
+            when, key, op, ids, *rest = change
+            record = (int(when), str(key), str(op), tuple(str(i) for i in ids), *[str(r) for r in rest])
+        except Exception as error:  # noqa: BLE001 - not a change: say so, never stop the job
+            failure = failure_of(STAGE, error)
+            count_internal_error(STAGE, failure)
+            yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(
+                repr(element).encode("utf-8", "replace")[:100_000], INTERNAL_ERROR, failure.detail, STAGE,
+                self._deliverer.sync.name, failure.error_class))
+            return
         end_timer.set(window.max_timestamp())
         if not timer_set.read():
             flush_timer.set(Timestamp(self._clock() + self._flush_seconds))
             timer_set.write(True)
+        buffer.add(record)
 
     @on_timer(FLUSH_TIMER)
     def on_flush_timer(self, buffer=beam.DoFn.StateParam(BUFFER), timer_set=beam.DoFn.StateParam(TIMER_SET),
-                       failing=beam.DoFn.StateParam(FAILING), flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER)):
-        yield from self._flush(buffer, timer_set, failing, flush_timer)
+                       flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER)):
+        yield from self._flush(buffer, timer_set, flush_timer)
 
     @on_timer(END_TIMER)
     def on_end_timer(self, buffer=beam.DoFn.StateParam(BUFFER), timer_set=beam.DoFn.StateParam(TIMER_SET),
-                     failing=beam.DoFn.StateParam(FAILING), flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER)):
-        yield from self._flush(buffer, timer_set, failing, flush_timer, final=True)
+                     flush_timer=beam.DoFn.TimerParam(FLUSH_TIMER)):
+        yield from self._flush(buffer, timer_set, flush_timer, final=True)
 
-    def _flush(self, buffer, timer_set, failing, flush_timer, final=False):
+    def _flush(self, buffer, timer_set, flush_timer, final=False):
         buffered = list(buffer.read())
         buffer.clear()
         timer_set.clear()
         if not buffered:
             return
         self._flushes.inc()
-        changes = collapse(buffered)
-        results = []
-        for op in (ADD, REMOVE):
-            results.extend(self._deliverer.deliver(op, [c for c in changes if c.op == op]))
+        sync = self._deliverer.sync
+        latest = {}
+        for change in buffered:  # the newest buffered change per user, to keep or dead-letter
+            if change[1] not in latest or change[0] >= latest[change[1]][0]:
+                latest[change[1]] = change
+        try:
+            changes = collapse(buffered)
+            results = []
+            for op in (ADD, REMOVE):
+                results.extend(self._deliverer.deliver(op, [c for c in changes if c.op == op]))
+        except Exception as error:  # noqa: BLE001 - a timer must not raise: dead-letter what it held
+            failure = failure_of(STAGE, error)
+            count_internal_error(STAGE, failure)
+            for change in latest.values():
+                self._dead.inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(
+                    redelivery_message(sync, change), INTERNAL_ERROR, failure.detail, STAGE, sync.name,
+                    failure.error_class))
+            return
         failed = [r for r in results if r.status == FAILED]
         if failed and not final:
-            # Keep them for the next flush; a newer change for the same user (arriving later,
-            # with a later time or position) still wins there.
-            by_key = {(c.key, c.op): c for c in changes}
-            latest = {k: w for (w, k, _, _) in buffered}
+            # Kept for the next flush, where a newer change for the same user (arriving later,
+            # with a later time or position) still wins.
             for r in failed:
-                c = by_key[(r.key, r.op)]
-                buffer.add((latest.get(c.key, 0), c.key, c.op, c.amplitude_ids))
+                buffer.add(latest[r.key])
+                self._retrying.inc()
             flush_timer.set(Timestamp(self._clock() + self._flush_seconds))
             timer_set.write(True)
-            _LOG.error("real-time sync %s: %d changes failed and will be sent again at the next flush",
-                       self._deliverer.sync.name, len(failed))
-        status = "failed" if failed else "success"
-        was_failing = bool(failing.read())
-        failing.write(bool(failed))
-        if self._on_flush is not None:
-            try:
-                self._on_flush(results, status, was_failing)
-            except Exception:  # noqa: BLE001 - reporting must not stop delivery
-                _LOG.exception("real-time sync %s: the flush report/notification failed", self._deliverer.sync.name)
+            _LOG.error("feed sync %s: %d changes failed and will be sent again at the next flush", sync.name,
+                       len(failed))
+            results = [r._replace(detail=f"{r.detail} (kept: sent again at the next flush)") if r.status == FAILED
+                       else r for r in results]
+        elif failed:
+            for r in failed:
+                self._dead.inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(
+                    redelivery_message(sync, latest[r.key]), r.reason, f"the final flush could not deliver this "
+                    f"change: {r.detail}; replay it to the feed's topic once the cause is fixed", STAGE, sync.name))
         yield from results
-
-
-class FlushReporter:
-    """``on_flush`` for ``FlushAndDeliver``: a report per flush that sent anything (when
-    ``report_dir`` is set), and an email when the sync starts failing or recovers."""
-
-    def __init__(self, sync: CohortSync, target: Target, report_dir: str = "",
-                 email: Optional[EmailSettings] = None):
-        self.sync = sync
-        self.target = target
-        self.report_dir = report_dir
-        self.email = email
-
-    def __call__(self, results: List[Result], status: str, was_failing: bool) -> Optional[dict]:
-        from transforms.cohorts.notify import send_run_email
-        from transforms.cohorts.report import build_report, report_paths, write_report
-        from transforms.cohorts.state import new_run_id
-
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        run_id = "rt-" + new_run_id()
-        errors = []
-        failed = [r for r in results if r.status == FAILED]
-        if failed:
-            errors.append(f"{len(failed)} change(s) failed after retries "
-                          f"({', '.join(sorted({r.reason for r in failed}))}); they are sent again at the next flush")
-        report = build_report(run_id=run_id, sync=self.sync, target=self.target, mode="real_time", started_at=now,
-                              finished_at=now, status=status, results=results, errors=errors)
-        paths = report_paths(self.report_dir, self.sync.cohort_id, self.target.name, run_id) if self.report_dir else ()
-        if (status == "failed") != was_failing:  # started failing, or recovered
-            report["email"] = send_run_email(self.email, report, paths)
-        else:
-            report["email"] = {"sent": False, "error": "only sent when the sync starts failing or recovers"}
-        if paths:
-            write_report(report, *paths)
-        return report

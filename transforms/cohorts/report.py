@@ -8,6 +8,11 @@ status and detail:
 
     amplitude_id,operation,braze_id_type,braze_id,status,skipped,skip_reason,detail
 
+Every cell that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return) gets a leading ``'`` (OWASP's "CSV injection" advice): the
+ids come from Amplitude and Braze, not from us. Both files are scrubbed of every key the
+process read and of the keys passed in, in any rendering (``transforms.scrub``).
+
 ``status`` is ``sent`` (Braze accepted the request), ``skipped`` (see ``skip_reason``:
 ``unresolved_mapping``, ``rejected_by_braze``, ``unknown_to_braze``) or ``failed``. With
 ``verify_users`` (the default) users are looked up before sending, so ``sent`` users exist in
@@ -26,8 +31,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.cohorts.records import ADD, DONE, FAILED, SKIPPED, Result
 from transforms.cohorts.state import quote
+from transforms.scrub import scrub
 
-__all__ = ["CSV_COLUMNS", "UNKNOWN_USERS_NOTE", "VERIFIED_USERS_NOTE", "build_report", "count_results",
+__all__ = ["CSV_COLUMNS", "csv_cell", "render_csv", "UNKNOWN_USERS_NOTE", "VERIFIED_USERS_NOTE", "build_report", "count_results",
            "report_paths", "write_report", "report_rows"]
 
 CSV_COLUMNS = ("amplitude_id", "operation", "braze_id_type", "braze_id", "status", "skipped", "skip_reason", "detail")
@@ -106,15 +112,30 @@ def build_report(*, run_id: str, sync, target, mode: str, started_at: str, finis
     }
 
 
-def write_report(report: dict, json_path: str, csv_path: str) -> None:
-    """Write both files (each in one piece: a reader never sees half a report)."""
-    with FileSystems.create(json_path, compression_type="uncompressed") as f:
-        f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value) -> str:
+    """A value as a CSV cell no spreadsheet runs as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def render_csv(rows: Iterable[dict]) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in report["users"]:
-        writer.writerow({**row, "skipped": "true" if row["skipped"] else "false"})
+    for row in rows:
+        row = {**row, "skipped": "true" if row["skipped"] else "false"}
+        writer.writerow({k: csv_cell(row.get(k)) for k in CSV_COLUMNS})
+    return text.getvalue()
+
+
+def write_report(report: dict, json_path: str, csv_path: str, secrets: Iterable[str] = ()) -> None:
+    """Write both files, scrubbed (each in one piece: a reader never sees half a report)."""
+    secrets = tuple(secrets)
+    with FileSystems.create(json_path, compression_type="uncompressed") as f:
+        f.write(scrub(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode("utf-8"), secrets).encode("utf-8"))
     with FileSystems.create(csv_path, compression_type="uncompressed") as f:
-        f.write(text.getvalue().encode("utf-8"))
+        f.write(scrub(render_csv(report["users"]), secrets).encode("utf-8"))
 

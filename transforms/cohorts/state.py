@@ -2,16 +2,23 @@
 
 Layout (names URL-quoted, so a target called "US Production" is ``US%20Production``)::
 
-    <state_dir>/targets.json                               saved target names (see below)
-    <state_dir>/membership/<cohort_id>/<target>.jsonl      last successful membership
-    <state_dir>/runs/<cohort_id>/<target>/<run_id>/        a run's scratch files (deleted after)
+    <state_dir>/targets.json                                 saved target names (see below)
+    <state_dir>/membership/<cohort_id>/<target>.json         pointer to the last successful membership
+    <state_dir>/membership/<cohort_id>/<target>/<run>.jsonl  a run's membership (written once, by Beam)
+    <state_dir>/runs/<cohort_id>/<target>/<run_id>/          a run's scratch files (deleted after)
+    <state_dir>/leases/..., <state_dir>/amplitude/...        see ``transforms.cohorts.lease``
 
-The membership file's first line is ``{"_meta": {...}}`` (run id, time, cohort name, counts);
-every other line is one member, ``{"key": <Braze id>, "amplitude_ids": [...]}``. The job writes
-the new membership to the run's scratch directory while it runs and, only once the run has
-succeeded, moves it over the old file with one rename (``FileSystems.rename``: an atomic
-``os.rename`` locally; on GCS a copy, itself atomic per object, then a delete). A failed run
-leaves the old file, so its changes are sent again by the next run.
+A membership file's first line is ``{"_meta": {...}}`` (run id, time, cohort name); every other
+line is one member, ``{"key": <Braze id>, "amplitude_ids": [...]}``. A run writes its new
+membership to a file of its own while it runs; only once the run has succeeded does the
+*pointer* switch to it, in one compare-and-swap write (``transforms.cohorts.objects``: a GCS
+generation precondition, or ``os.replace`` locally). There is no moment without a membership
+(no delete-then-rename window), and a commit fails if another run committed since this one
+read the pointer. A failed run leaves the pointer, so its changes are sent again by the next
+run. Files of older runs are deleted after the switch (the previous one is kept).
+
+Before pointers, the membership lived in ``<target>.jsonl``; it is still read when no pointer
+exists, and the first commit moves on from it.
 
 Saved target names ("You can't modify the target name after Amplitude saves it", seed): a
 target is saved in ``targets.json`` with its identity (endpoint, delivery, key *references*,
@@ -28,12 +35,13 @@ import datetime
 import logging
 import secrets
 import urllib.parse
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.cohort_config import CohortConfig, Target
+from transforms.cohorts.objects import ABSENT, objects_for
 
 __all__ = ["StateError", "StateStore", "new_run_id", "quote"]
 
@@ -67,20 +75,7 @@ def _read(path: str) -> Optional[bytes]:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with FileSystems.create(tmp, compression_type="uncompressed") as f:
-        f.write(data)
-    _replace(tmp, path)
-
-
-def _replace(source: str, destination: str) -> None:
-    if "://" not in destination:
-        import os
-        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-    if "://" in destination and FileSystems.exists(destination):
-        # Object stores: rename is copy + delete and may refuse an existing destination.
-        FileSystems.delete([destination])
-    FileSystems.rename([source], [destination])
+    objects_for(path).write(path, data)
 
 
 class StateStore:
@@ -96,17 +91,44 @@ class StateStore:
 
     # -- membership -------------------------------------------------------------------------
 
-    def membership_path(self, cohort_id: str, target: str) -> str:
+    def pointer_path(self, cohort_id: str, target: str) -> str:
+        return _join(self.state_dir, "membership", quote(cohort_id), quote(target) + ".json")
+
+    def legacy_membership_path(self, cohort_id: str, target: str) -> str:
         return _join(self.state_dir, "membership", quote(cohort_id), quote(target) + ".jsonl")
+
+    def run_membership_path(self, cohort_id: str, target: str, run_id: str) -> str:
+        return _join(self.state_dir, "membership", quote(cohort_id), quote(target), run_id + ".jsonl")
 
     def run_dir(self, cohort_id: str, target: str, run_id: str) -> str:
         return _join(self.state_dir, "runs", quote(cohort_id), quote(target), run_id)
 
-    def read_meta(self, cohort_id: str, target: str) -> Optional[dict]:
-        """The header of the last successful membership, or None before the first success."""
-        path = self.membership_path(cohort_id, target)
-        if not FileSystems.exists(path):
-            return None
+    def read_pointer(self, cohort_id: str, target: str) -> Tuple[Optional[dict], str]:
+        """``(pointer or None, its version)``; the version is what ``commit_membership`` checks."""
+        path = self.pointer_path(cohort_id, target)
+        data, version = objects_for(path).read(path)
+        if data is None:
+            legacy = self.legacy_membership_path(cohort_id, target)
+            if FileSystems.exists(legacy):
+                return {"path": legacy, "meta": self._legacy_meta(legacy)}, ABSENT
+            return None, ABSENT
+        try:
+            pointer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pointer = None
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("path"), str) \
+                or not isinstance(pointer.get("meta"), dict):
+            raise StateError(f"{path} is not a membership pointer; the file is damaged (restore it from the "
+                             "bucket's object versions, or delete it for a full sync)")
+        return pointer, version
+
+    def membership_path(self, cohort_id: str, target: str) -> Optional[str]:
+        """The file holding the last successful membership, or None before the first success."""
+        pointer, _ = self.read_pointer(cohort_id, target)
+        return None if pointer is None else pointer["path"]
+
+    @staticmethod
+    def _legacy_meta(path: str) -> dict:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             first = f.readline()
         try:
@@ -117,9 +139,15 @@ class StateStore:
             raise StateError(f"{path}: the first line is not the membership header; the file is damaged")
         return meta
 
+    def read_meta(self, cohort_id: str, target: str) -> Optional[dict]:
+        """The header of the last successful membership, or None before the first success."""
+        pointer, _ = self.read_pointer(cohort_id, target)
+        return None if pointer is None else pointer["meta"]
+
     def read_membership(self, cohort_id: str, target: str) -> Dict[str, List[str]]:
-        """The whole last membership in memory (tests, the demo, the real-time job's start)."""
-        data = _read(self.membership_path(cohort_id, target))
+        """The whole last membership in memory (tests, the demo)."""
+        path = self.membership_path(cohort_id, target)
+        data = _read(path) if path else None
         members = {}
         for line in (data or b"").splitlines():
             record = orjson.loads(line)
@@ -127,11 +155,38 @@ class StateStore:
                 members[record["key"]] = record["amplitude_ids"]
         return members
 
-    def commit_membership(self, pending_path: str, cohort_id: str, target: str) -> str:
-        """Move a finished run's membership over the last one; returns the final path."""
-        final = self.membership_path(cohort_id, target)
-        _replace(pending_path, final)
-        return final
+    def commit_membership(self, cohort_id: str, target: str, run_path: str, meta: dict,
+                          expected_version: str) -> str:
+        """Point at a finished run's membership; StateError if another run committed since
+        ``expected_version`` was read. Returns the membership file's path."""
+        path = self.pointer_path(cohort_id, target)
+        previous, _ = self.read_pointer(cohort_id, target)
+        pointer = {"path": run_path, "meta": meta, "previous": (previous or {}).get("path")}
+        if not objects_for(path).write(path, orjson.dumps(pointer, option=orjson.OPT_INDENT_2), expected_version):
+            raise StateError(f"another run committed a membership for cohort {cohort_id!r} and target {target!r} "
+                             "while this one ran; this run's changes will be diffed again by the next run")
+        self._forget_old_memberships(cohort_id, target, keep={run_path, (previous or {}).get("path")})
+        return run_path
+
+    def discard_membership(self, run_path: str) -> None:
+        """Delete a failed run's membership file (never pointed at)."""
+        try:
+            if FileSystems.exists(run_path):
+                FileSystems.delete([run_path])
+        except Exception as e:  # noqa: BLE001 - a leftover file is harmless
+            _LOG.warning("could not delete %s: %s", run_path, e)
+
+    def _forget_old_memberships(self, cohort_id: str, target: str, keep) -> None:
+        pattern = _join(self.state_dir, "membership", quote(cohort_id), quote(target), "*.jsonl")
+        try:
+            old = [m.path for m in FileSystems.match([pattern])[0].metadata_list if m.path not in keep]
+            legacy = self.legacy_membership_path(cohort_id, target)
+            if legacy not in keep and FileSystems.exists(legacy):
+                old.append(legacy)
+            if old:
+                FileSystems.delete(old)
+        except Exception as e:  # noqa: BLE001 - old files are only clutter
+            _LOG.warning("could not delete older memberships of %s/%s: %s", cohort_id, target, e)
 
     def delete_run_dir(self, cohort_id: str, target: str, run_id: str) -> None:
         path = self.run_dir(cohort_id, target, run_id)
@@ -188,12 +243,17 @@ class StateStore:
         _write_atomically(self.registry_path, orjson.dumps({"targets": saved}, option=orjson.OPT_INDENT_2))
 
     def delete_target(self, name: str) -> List[str]:
-        """Forget a saved target and its memberships; returns the files deleted."""
+        """Forget a saved target and its memberships; returns the memberships (pointers, or the
+        files of before pointers) deleted, one per cohort."""
         saved = self.saved_targets()
-        pattern = _join(self.state_dir, "membership", "*", quote(name) + ".jsonl")
-        files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        memberships = [m.path for m in FileSystems.match(
+            [_join(self.state_dir, "membership", "*", quote(name) + ".json*")])[0].metadata_list]
+        files = [m.path for m in FileSystems.match(
+            [_join(self.state_dir, "membership", "*", quote(name), "*.jsonl")])[0].metadata_list]
+        files = [f for f in memberships + files if not f.endswith(".lock")]
         if files:
             FileSystems.delete(files)
+        files = [f for f in memberships if not f.endswith(".lock")]
         if name in saved:
             del saved[name]
             _write_atomically(self.registry_path, orjson.dumps({"targets": saved}, option=orjson.OPT_INDENT_2))
