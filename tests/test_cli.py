@@ -146,6 +146,6 @@ def test_help_for_part_of_a_class_and_custom_marks():
     text = help_text("python -m pipeline.cohorts", "Sync a cohort.", COHORT_SETS,
                      required={"state_dir": "required", "snapshot": "required unless --input_subscription"})
     assert "usage: python -m pipeline.cohorts --state_dir=... [options] [Beam options]" in text
-    assert "[required unless --input_subscription] One-time and scheduled syncs" in text
+    assert "[required unless --input_subscription] The cohort's members now" in text
     assert "  --braze_max_attempts=INT" in text and "--sync_config" not in text and "--report_dir" in text
     assert "      [default: empty] Where reports" in text

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
 
 from local.braze_sim import SimClient
 from local.braze_sim.users import _REMOVE, attribute_data_points, plan_attributes
@@ -76,8 +77,13 @@ def test_a_users_attributes_and_events_share_one_request_and_updates_collapse(br
         # user-00002 goes free → pro → free within one request: nothing to write.
         _event(13, "user-00002", plan="pro"), _event(14, "user-00002", plan="free"),
     ]
-    stream = (test_stream.TestStream().add_elements(first).advance_processing_time(10)
-              .add_elements(second).advance_processing_time(10).advance_watermark_to_infinity())
+    # Published at 100 s and 200 s; each burst's updates leave identify once the watermark is
+    # past their publish time plus the reorder lateness (2 s).
+    stream = (test_stream.TestStream()
+              .add_elements([TimestampedValue(m, 100) for m in first]).advance_watermark_to(150)
+              .advance_processing_time(10)
+              .add_elements([TimestampedValue(m, 200) for m in second]).advance_watermark_to(250)
+              .advance_processing_time(10).advance_watermark_to_infinity())
     _run(syncs, stream, braze_sim.api_key)
 
     bodies = _track_bodies(braze_sim.url)

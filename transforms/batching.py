@@ -331,7 +331,7 @@ class _PackDoFn(beam.DoFn):
                          fill=beam.DoFn.StateParam(FILL), next_seq=beam.DoFn.StateParam(NEXT_SEQ),
                          buffering=beam.DoFn.TimerParam(BUFFERING)):
         request = _Request(JsonBag(items, ITEM), JsonValue(fill), next_seq, buffering)
-        yield from self._guard_timer((), lambda: list(self._flush(key, request)), request)
+        yield from self._guard_timer((), lambda: list(self._flush(key, request, cancel_timer=False)), request)
 
     @on_timer(WINDOW_END)
     def on_window_end(self, key=beam.DoFn.KeyParam, held=beam.DoFn.StateParam(HELD),
@@ -393,9 +393,9 @@ class _PackDoFn(beam.DoFn):
             else:
                 request.set_fill(added)
 
-    def _flush(self, key, request: "_Request"):
+    def _flush(self, key, request: "_Request", cancel_timer: bool = True):
         batch = collapse(request.peek())  # before clearing: a failure leaves the objects in state
-        request.clear()
+        request.clear(cancel_timer)
         yield from self._emit(key, batch, request)
 
     def _emit(self, key, batch, request: "_Request"):
@@ -430,11 +430,15 @@ class _Request:
         for item in items:
             self.items.add(item)
 
-    def clear(self) -> None:
+    def clear(self, cancel_timer: bool = True) -> None:
+        """Forget the request. Its buffering timer is cancelled only if one is set (a request was
+        being filled) and it is not the one firing: the FnApiRunner keeps a timer cleared
+        needlessly at the end of a bounded input pending for ever."""
+        if cancel_timer and self.fill() is not None:
+            self.buffering.clear()
         self.items.clear()
         self._fill.clear()
         self._cached_fill = None
-        self.buffering.clear()
 
     def take_seq(self) -> int:
         seq = self._next_seq.read() or 0

@@ -376,28 +376,25 @@ def _count(*changes: str) -> None:
 
 
 class _Pending(NamedTuple):
-    """An update waiting in a user's reorder buffer: when it arrived (processing time) and what."""
+    """An update waiting in a user's reorder buffer: its publish time (seconds) and what."""
 
     arrived: float
     work: IdentifyWork
 
 
-def flush_plan(pending: Sequence[_Pending], now: float, lateness: float, input_ended: bool):
+def flush_plan(pending: Sequence[_Pending], now: float, lateness: float):
     """Which buffered updates to apply now, in event-time order, and which to keep (pure).
 
-    An update is due once it has waited ``lateness`` seconds. Every buffered update whose event
-    time is at or before the newest due one goes with it, so an update is applied in event-time
-    order relative to every update that arrived no more than ``lateness`` before it. When the
-    input ended (a bounded run, or a drain), everything goes."""
-    if input_ended:
-        go, keep = list(pending), []
-    else:
-        due = [p for p in pending if p.arrived + lateness <= now + 1e-6]
-        if not due:
-            return [], list(pending)
-        cutoff = max(p.work.time_ms for p in due)
-        go = [p for p in pending if p.work.time_ms <= cutoff]
-        keep = [p for p in pending if p.work.time_ms > cutoff]
+    ``arrived`` and ``now`` are in the watermark's time (publish times). An update is due once
+    the watermark is ``lateness`` seconds past its publish time. Every buffered update whose
+    event time is at or before the newest due one goes with it, so an update is applied in
+    event-time order relative to every update published no more than ``lateness`` after it."""
+    due = [p for p in pending if p.arrived + lateness <= now + 1e-6]
+    if not due:
+        return [], list(pending)
+    cutoff = max(p.work.time_ms for p in due)
+    go = [p for p in pending if p.work.time_ms <= cutoff]
+    keep = [p for p in pending if p.work.time_ms > cutoff]
     go.sort(key=lambda p: p.work.time_ms)  # stable: equal times keep their arrival order
     return [p.work for p in go], keep
 
@@ -466,8 +463,7 @@ class IdentifyDoFn(beam.DoFn):
     PENDING = BagStateSpec("pending", STATE_CODER)
     FLUSH_DUE = ReadModifyWriteStateSpec("flush_due", FloatCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
-    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
-    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)  # end of input or drain: flush all
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
                  clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None):
@@ -492,52 +488,42 @@ class IdentifyDoFn(beam.DoFn):
         return Outcome(source, sync, IDENTIFY, SKIPPED, reason)
 
     @guarded(IDENTIFY, _failed_work)
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+    def process(self, element, timestamp=beam.DoFn.TimestampParam,
                 user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
                 flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
-                expiry=beam.DoFn.TimerParam(EXPIRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
+                expiry=beam.DoFn.TimerParam(EXPIRY)):
         key, work = element
         if self._lateness <= 0:
             yield from self._apply(key, [work], timestamp, JsonValue(user_state), expiry)
             return
-        now = self._clock()
-        JsonBag(pending).add([now, work])
-        if flush_due.read() is None:
-            flush.set(Timestamp.of(now + self._lateness))
-            flush_due.write(now + self._lateness)
-            window_end.set(window.max_timestamp())
+        # Event time: the update waits until the watermark, which follows Pub/Sub's publish
+        # times, has passed its own publish time plus the lateness, so every update published
+        # up to then has arrived, whatever order Pub/Sub delivered them in.
+        arrived = timestamp.micros / 1e6
+        JsonBag(pending).add([arrived, work])
+        due = flush_due.read()
+        if due is None or arrived + self._lateness < due:
+            flush.set(Timestamp.of(arrived + self._lateness))
+            flush_due.write(arrived + self._lateness)
 
     @on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
                  user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
                  flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
                  expiry=beam.DoFn.TimerParam(EXPIRY)):
-        # A timer that fires before its time means the input ended (a bounded run, a drain).
-        yield from self._flush(key, fired_at, self._clock() < fired_at.seconds() - 1, user_state, pending,
-                               flush_due, flush, expiry)
-
-    @on_timer(WINDOW_END)
-    def on_window_end(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
-                      user_state=beam.DoFn.StateParam(USER), pending=beam.DoFn.StateParam(PENDING),
-                      flush_due=beam.DoFn.StateParam(FLUSH_DUE), flush=beam.DoFn.TimerParam(FLUSH),
-                      expiry=beam.DoFn.TimerParam(EXPIRY)):
-        flush.clear()
-        yield from self._flush(key, fired_at, True, user_state, pending, flush_due, flush, expiry)
-
-    def _flush(self, key, fired_at, input_ended, user_state, pending, flush_due, flush, expiry):
         user_state, pending = JsonValue(user_state), JsonBag(pending)
         entries = [_Pending(a, WORK(w)) for a, w in pending.read()]
         if not entries:
             flush_due.clear()
             return
-        now = self._clock()
-        works, keep = flush_plan(entries, now, self._lateness, input_ended)
+        now = fired_at.micros / 1e6
+        works, keep = flush_plan(entries, now, self._lateness)
         pending.clear()
         for entry in keep:
             pending.add([entry.arrived, entry.work])
         if keep:
             due = min(entry.arrived for entry in keep) + self._lateness
-            flush.set(Timestamp.of(max(due, now)))
+            flush.set(Timestamp.of(due))
             flush_due.write(due)
         else:
             flush_due.clear()
@@ -545,7 +531,7 @@ class IdentifyDoFn(beam.DoFn):
         if [e.work.source for e in entries if e.work.source in chosen] != [w.source for w in works]:
             self._reordered.inc()
         try:
-            yield from list(self._apply(key, works, fired_at, user_state, None if input_ended else expiry))
+            yield from list(self._apply(key, works, fired_at, user_state, expiry))
         except Exception as error:  # noqa: BLE001 - a timer must never raise (it would retry forever)
             failure = failure_of(IDENTIFY, error)
             count_internal_error(IDENTIFY, failure)
@@ -553,9 +539,7 @@ class IdentifyDoFn(beam.DoFn):
                 yield from _dead_letter_work(work, key.split("|", 1)[0], failure)
 
     def _apply(self, key, works, timestamp, user_state, expiry):
-        """Apply updates in order to the user's state; emit one UserBatch and the skips.
-        ``expiry`` is None once the input ended: a processing-time timer set then would never
-        fire (and the state ends with the job anyway)."""
+        """Apply updates in order to the user's state; emit one UserBatch and the skips."""
         sync, user_key = key.split("|", 1)
         selected = self._selected[sync]
         state = user_state.read()
@@ -579,7 +563,7 @@ class IdentifyDoFn(beam.DoFn):
         # The expiry moves with every update, but the timer is only reset when it would move by
         # more than 1% of the TTL: a timer write per event is the costlier part on most runners.
         deadline = self._clock() + self._ttl
-        if expiry is not None and (stored_expiry is None or deadline - stored_expiry > self._ttl * EXPIRY_SLACK):
+        if stored_expiry is None or deadline - stored_expiry > self._ttl * EXPIRY_SLACK:
             expiry.set(Timestamp.of(deadline))
             stored_expiry = deadline
         state["e"] = stored_expiry
