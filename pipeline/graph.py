@@ -93,7 +93,7 @@ class EventsToBraze(beam.PTransform):
         events = typed(parsed.events, ParsedEvent)
         outcomes, dead_letters = [parsed.outcomes], [parsed.dead_letters]
         if self._dedup_window > 0:
-            unique = events | "DropRepeats" >> DropRepeats(self._dedup_window, self._clock)
+            unique = events | "DropRepeats" >> DropRepeats(self._dedup_window)
             events = unique["events"]
             outcomes.append(unique["outcomes"])
             dead_letters.append(unique["dead_letters"])

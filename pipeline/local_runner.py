@@ -34,8 +34,9 @@ def faster_bundle_based_direct_runner() -> None:
     the DoFn's signature again (``userstate.get_dofn_specs``): that was 58% of the job's time
     locally. The specs belong to the DoFn's class, so they are kept per class here. And its
     Pub/Sub pulls block the only worker thread for up to 30 s on an idle subscription
-    (``_ShortPulls``). Dataflow's workers inspect a DoFn once, when they set it up, and read
-    Pub/Sub beside the work. (Its monitor also scans every key's timers after every bundle, a
+    (``_ShortPulls``), and it holds its watermark at the wall clock while a backlog waits
+    (``_backlog_aware_watermark``). Dataflow's workers inspect a DoFn once, when they set it up,
+    read Pub/Sub beside the work, and hold the watermark at the oldest unacknowledged message. (Its monitor also scans every key's timers after every bundle, a
     cost that grows with the keys a run has seen; left as it is, since TestStream relies on it.)
     """
     global _DIRECT_RUNNER_PATCHED
@@ -88,22 +89,33 @@ class _EmptyPull:
 
 
 class _ShortPulls:
-    """A subscriber client whose pulls wait briefly and take more messages at once."""
+    """A subscriber client whose pulls wait briefly and take more messages at once, and which
+    remembers whether the last pull left a backlog (it came back full) and the newest publish
+    time it saw, for the read's watermark (``_backlog_aware_watermark``)."""
 
     def __init__(self, client):
         self._client = client
+        self.backlog_until = None  # Timestamp of the newest message of a full pull, else None
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
     def pull(self, subscription, max_messages=10, timeout=None, **kwargs):
+        from apache_beam.utils.timestamp import Timestamp
         from google.api_core import exceptions
 
         try:
-            return self._client.pull(subscription=subscription, max_messages=PUBSUB_PULL_MAX_MESSAGES,
-                                     timeout=PUBSUB_PULL_WAIT_SECONDS, **kwargs)
+            response = self._client.pull(subscription=subscription, max_messages=PUBSUB_PULL_MAX_MESSAGES,
+                                         timeout=PUBSUB_PULL_WAIT_SECONDS, **kwargs)
         except (exceptions.DeadlineExceeded, exceptions.RetryError):
+            self.backlog_until = None
             return _EmptyPull()
+        received = response.received_messages
+        if len(received) >= PUBSUB_PULL_MAX_MESSAGES:
+            self.backlog_until = max(Timestamp.from_utc_datetime(m.message.publish_time) for m in received)
+        else:
+            self.backlog_until = None
+        return response
 
 
 def _short_pubsub_pulls(transform_evaluator) -> None:
@@ -115,3 +127,24 @@ def _short_pubsub_pulls(transform_evaluator) -> None:
         return client if isinstance(client, _ShortPulls) else _ShortPulls(client)
 
     reader._get_subscriber_client = classmethod(_get_subscriber_client)
+    _backlog_aware_watermark(reader)
+
+
+def _backlog_aware_watermark(reader) -> None:
+    """The runner's Pub/Sub read holds its watermark at the wall clock after every pull, even
+    when messages published earlier are still waiting in the subscription (a full pull): those
+    then arrive late, behind event-time timers that already fired. Dataflow holds it at the
+    oldest unacknowledged message instead. Here, after a full pull the watermark stays at the
+    newest publish time that pull saw (Pub/Sub hands out roughly the oldest first)."""
+    original = reader.finish_bundle
+
+    def finish_bundle(self):
+        result = original(self)
+        client = self._get_subscriber_client(self._applied_ptransform)
+        backlog_until = getattr(client, "backlog_until", None)
+        holds = getattr(result, "keyed_watermark_holds", None)
+        if backlog_until is not None and holds and None in holds:
+            holds[None] = min(holds[None], backlog_until)
+        return result
+
+    reader.finish_bundle = finish_bundle

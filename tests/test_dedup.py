@@ -6,6 +6,7 @@ import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
 
 from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
@@ -29,21 +30,22 @@ def test_the_key_is_the_insert_id_and_the_device_and_events_without_one_have_non
 
 
 def test_a_repeat_within_the_window_is_dropped_and_one_after_it_passes():
-    """The keyed step forgets an insert id when its processing-time timer fires (window 10 s;
-    TestStream's processing time starts at 0, so the clock says 0)."""
+    """The keyed step forgets an insert id once the watermark (publish time) is a window past the
+    first sighting (window 10 s; published at 100 s, then 105 s and 120 s)."""
     window = 10.0
     stream = (test_stream.TestStream()
-              .add_elements([_parsed("m1", insert_id="i-1", user_id="u"), _parsed("m2", user_id="u")])
-              .advance_processing_time(5)
-              .add_elements([_parsed("m3", insert_id="i-1", user_id="u")])  # within the window
-              .advance_processing_time(10)
-              .add_elements([_parsed("m4", insert_id="i-1", user_id="u")])  # after it
+              .add_elements([TimestampedValue(_parsed("m1", insert_id="i-1", user_id="u"), 100),
+                             TimestampedValue(_parsed("m2", user_id="u"), 100)])
+              .advance_watermark_to(104)
+              .add_elements([TimestampedValue(_parsed("m3", insert_id="i-1", user_id="u"), 105)])  # within
+              .advance_watermark_to(115)
+              .add_elements([TimestampedValue(_parsed("m4", insert_id="i-1", user_id="u"), 120)])  # after it
               .advance_watermark_to_infinity())
     COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=options) as p:
-        out = p | stream | DropRepeats(window, clock=lambda: 0.0)
+        out = p | stream | DropRepeats(window)
         out["events"] | "Kept" >> beam.Map(lambda e: _collect(e.source, "kept"))
         out["outcomes"] | "Dropped" >> beam.Map(lambda o: _collect((o.source, o.reason), "dropped"))
     assert sorted(COLLECTED["kept"]) == ["m1/0", "m2/0", "m4/0"]

@@ -123,8 +123,11 @@ def _work(n):
 
 @pytest.mark.parametrize("idle_seconds, sent", [(30, 1), (90, 2)])
 def test_state_expires_after_the_ttl_and_a_forgotten_user_is_sent_in_full(idle_seconds, sent):
-    stream = (test_stream.TestStream().add_elements([_work(1)]).advance_processing_time(idle_seconds)
-              .add_elements([_work(2)]).advance_watermark_to_infinity())
+    """The TTL runs in publish time: the second update is published ``idle_seconds`` after the
+    first, and the watermark follows."""
+    stream = (test_stream.TestStream().add_elements([TimestampedValue(_work(1), 1000)])
+              .advance_watermark_to(1000 + idle_seconds - 1)
+              .add_elements([TimestampedValue(_work(2), 1000 + idle_seconds)]).advance_watermark_to_infinity())
     _run_identify(stream, ttl_seconds=60)
     assert len(COLLECTED["attributes"]) == sent
     assert [o.reason for o in COLLECTED["outcomes"]] == ["unchanged"] * (2 - sent)

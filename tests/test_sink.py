@@ -267,7 +267,9 @@ def test_server_errors_retry_then_exhaust(sim, braze):
     assert {(o.status, o.reason) for o in outcomes} == {(DEAD_LETTERED, "retries_exhausted")}
     assert len(track_requests(braze)) == 4
     assert metrics["s1.retries"] == 3
-    assert len(_SLEEPS) >= 2 and all(0 <= s <= 0.001 * 8 for s in _SLEEPS[:2])
+    # The first try, then three more at the end of the bounded input (or one by the hold's timer):
+    # backoff waits only between tries made in one go, none of them long.
+    assert len(_SLEEPS) <= 3 and all(0 <= s <= 0.001 * 8 for s in _SLEEPS)
 
 
 def test_retry_budget_in_seconds_ends_retries_first(sim, braze):
@@ -283,9 +285,11 @@ def test_rate_limited_burst_waits_as_retry_after_says(sim, braze):
     braze.set_faults(rate_limit_burst=2, retry_after_seconds=2)
     outcomes, dead, metrics = run([[event("u1", 1), event("u2", 2)]], [sync(sim)])
     assert dead == [] and {o.status for o in outcomes} == {DELIVERED}
-    assert _SLEEPS == [2.0, 2.0]
+    # The first 429 holds the request (its wait is the hold's, not a sleep); the second is waited
+    # out at the end of the bounded input, as the header says.
+    assert _SLEEPS in ([2.0], [])
     assert metrics["s1.rate_limited"] == 2 and metrics["s1.retries"] == 2
-    assert metrics["cumulativeThrottlingSeconds"] == 4
+    assert metrics["cumulativeThrottlingSeconds"] >= 2
     assert [r.get("status") for r in track_requests(braze)] == [429, 429, 201]
     assert set(users_by_id(braze)) == {"u1", "u2"}
 
@@ -327,16 +331,16 @@ def test_applied_then_500_is_an_ambiguous_retry(sim, braze):
     assert len(users_by_id(braze)["u1"]["events"]) == 2  # applied twice
 
 
-def test_client_side_throttling_when_braze_keeps_failing(sim, braze):
+def test_client_side_throttling_holds_new_requests_while_braze_keeps_failing(sim, braze):
+    """While most recent requests were pushed back, a new request is held (by timer, never by a
+    sleeping thread) instead of sent; it is retried later and never dropped."""
     braze.set_faults(error_rate=1.0, error_statuses=[503], seed=2)
     batches = [[event(f"u{i}", i)] for i in range(8)]
     outcomes, dead, metrics = run(batches, [sync(sim)], max_attempts=2, backoff_base_seconds=0.0)
     assert len(dead) == 8 and {d.reason for d in dead} == {"retries_exhausted"}
-    throttle_sleeps = [s for s in _SLEEPS if s == sending.THROTTLE_DELAY_SECONDS]
-    assert throttle_sleeps, "later batches should be held back"
-    assert len(throttle_sleeps) <= 8 * sending.MAX_THROTTLE_SECONDS_PER_REQUEST
-    assert metrics["cumulativeThrottlingSeconds"] == len(throttle_sleeps)
-    assert len(track_requests(braze)) == 16  # throttling delays batches, it never drops them
+    assert not [s for s in _SLEEPS if s >= 1.0], "no thread sleeps to throttle"
+    assert metrics["cumulativeThrottlingSeconds"] >= 1  # held back, and reported where Dataflow looks
+    assert len(track_requests(braze)) == 16  # throttling delays requests, it never drops them
 
 
 # --- The key never leaks

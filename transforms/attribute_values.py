@@ -17,7 +17,7 @@ the ``BrazeItem`` beside the object; ``merge_attribute_items`` reads both.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 from transforms.records import ATTRIBUTES, BrazeItem
 
@@ -103,17 +103,26 @@ def _apply_array_edit(current: list, edit: dict) -> list:
     return [v for v in current if not contains(gone, v)] + unique(added)
 
 
-def merge_attribute_value(previous, new):
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def merge_attribute_value(previous, new, dropped: Optional[list] = None):
     """One attribute value with the same effect as sending ``previous`` and then ``new``.
 
     ``previous`` may be ``MISSING``. Edits of one array combine so that, per value, the later
     edit wins and ``add`` and ``remove`` never name the same value (Braze's order between the
-    two within one object is not documented)."""
+    two within one object is not documented). Two increments whose sum would pass Braze's
+    64-bit integers keep the first; the second is noted in ``dropped``."""
     if previous is MISSING:
         return new
     if _is_inc(new):
         if _is_inc(previous):
-            return {"inc": previous["inc"] + new["inc"]}
+            total = previous["inc"] + new["inc"]
+            if isinstance(total, int) and not INT64_MIN <= total <= INT64_MAX:
+                if dropped is not None:
+                    dropped.append("dropped_overflowing_increment")
+                return previous
+            return {"inc": total}
         if previous is None:
             return new["inc"]
         if is_number(previous):
@@ -146,7 +155,7 @@ def is_identify_attributes(item: BrazeItem) -> bool:
     return item.kind == ATTRIBUTES and item.before is not None
 
 
-def merge_attribute_items(items: Sequence[BrazeItem]) -> BrazeItem:
+def merge_attribute_items(items: Sequence[BrazeItem], dropped: Optional[list] = None) -> BrazeItem:
     """One user's attribute items (from ``IdentifyDoFn``) → one item with the same effect.
 
     Items apply in the order the state produced them (their sequence number, not arrival
@@ -164,7 +173,7 @@ def merge_attribute_items(items: Sequence[BrazeItem]) -> BrazeItem:
                 continue
             if key not in before:
                 before[key] = known_before.get(key, MISSING)
-            merged[key] = merge_attribute_value(merged.get(key, MISSING), value)
+            merged[key] = merge_attribute_value(merged.get(key, MISSING), value, dropped)
     for key, value in before.items():
         if value is not MISSING and not is_operation(merged[key]) and same(value, merged[key]):
             del merged[key]

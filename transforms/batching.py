@@ -183,9 +183,10 @@ def collapse(batch: List[BrazeItem]) -> List[BrazeItem]:
 def _merged(group: List[BrazeItem]) -> BrazeItem:
     """One user's attribute items as one; values are sanitised again because merging can make
     a value Braze would refuse (two ``inc`` steps summing past 64 bits)."""
-    merged = merge_attribute_items(group)
+    dropped: List[str] = []
+    merged = merge_attribute_items(group, dropped)
     obj, changes, _ = clean_attributes(merged.obj, NOT_ATTRIBUTES)
-    for change in changes:
+    for change in (*dropped, *changes):
         Metrics.counter("sanitize", change).inc()
     return merged._replace(obj=obj) if changes else merged
 
@@ -216,13 +217,23 @@ def shard_key(sync: str, user_key: str, shards: int) -> str:
     return f"{sync}#{zlib.crc32(user_key.encode('utf-8')) % shards}"
 
 
+# A watermark at W says no element earlier than W will come, not that one *at* W has: a held
+# batch waits for the watermark to be this far past its predecessor's timestamp (batch
+# timestamps are whole milliseconds, transforms.identify.next_tau).
+RELEASE_MARGIN_MICROS = 1000
+
+
+def release_time(batch: UserBatch) -> int:
+    return batch.after + RELEASE_MARGIN_MICROS
+
+
 def release_plan(held: List[UserBatch], watermark_micros: int):
-    """``(batches to release now in order, batches to keep)`` once the watermark has passed
-    ``watermark_micros`` (pure). A batch goes once the watermark has passed its predecessor's
+    """``(batches to release now in order, batches to keep)`` once the watermark has reached
+    ``watermark_micros`` (pure). A batch goes once the watermark is past its predecessor's
     timestamp (``after``), when that predecessor has surely arrived; released batches go in
     timestamp order, which per user is the order identify made them."""
-    ready = sorted((b for b in held if b.after <= watermark_micros), key=lambda b: (b.tau, b.after))
-    keep = [b for b in held if b.after > watermark_micros]
+    ready = sorted((b for b in held if release_time(b) <= watermark_micros), key=lambda b: (b.tau, b.after))
+    keep = [b for b in held if release_time(b) > watermark_micros]
     return ready, keep
 
 
@@ -300,9 +311,9 @@ class _PackDoFn(beam.DoFn):
         held.add(batch)
         self._held.inc()
         at = release_at.read()
-        if at is None or batch.after < at:
-            release.set(Timestamp(micros=batch.after))
-            release_at.write(batch.after)
+        if at is None or release_time(batch) < at:
+            release.set(Timestamp(micros=release_time(batch)))
+            release_at.write(release_time(batch))
 
     @on_timer(RELEASE)
     def on_release(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
@@ -316,7 +327,7 @@ class _PackDoFn(beam.DoFn):
         for batch in keep:
             held.add(batch)
         if keep:
-            at = min(b.after for b in keep)
+            at = min(release_time(b) for b in keep)
             release.set(Timestamp(micros=at))
             release_at.write(at)
         else:

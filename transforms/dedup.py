@@ -8,9 +8,14 @@ state. A repeat is not silently dropped: it ends as a ``skipped/duplicate`` outc
 counted.
 
 Shape (Beam's ``DeduplicatePerKey`` model): the state key is the dedup key itself,
-``insert id | device_id or user_id``, holding one small integer, and a processing-time timer
-forgets it when the window has passed. Per event: one state read, and for a first sighting one
-write and one timer: O(1), whatever the traffic or the window. Keys are as many as distinct
+``insert id | device_id or user_id``, holding one small integer, and a timer forgets it when the
+window has passed. The timer is in event time (publish time + window): a processing-time timer
+would hold this step's output watermark at the event's publish time for the whole window (Beam's
+Python SDK holds a processing-time timer's watermark at its element's timestamp), and every
+later step orders by that watermark. A publisher's retry is a new message published within the
+window; a redelivery by Pub/Sub keeps its publish time, and the watermark cannot pass a message
+that is not acknowledged yet, so a redelivery is always caught. Per event: one state read, and
+for a first sighting one write and one timer: O(1), whatever the traffic or the window. Keys are as many as distinct
 events in a window and spread evenly (no hot key); events without an insert id cannot repeat
 by id and bypass the keyed step altogether.
 
@@ -20,7 +25,6 @@ Dataflow keeps timers per key in its backend and has no such scan.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional, Tuple
 
 import apache_beam as beam
@@ -29,7 +33,6 @@ from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
 
 from transforms.coders import typed
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
@@ -85,22 +88,22 @@ class _DropRepeatsDoFn(beam.DoFn):
     """Keyed by the dedup key: remembers that it was seen until the window has passed."""
 
     SEEN = ReadModifyWriteStateSpec("seen", VarIntCoder())
-    FORGET = TimerSpec("forget", TimeDomain.REAL_TIME)
+    FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
 
-    def __init__(self, window_seconds: float, clock=time.time):
+    def __init__(self, window_seconds: float):
         self._window = window_seconds
-        self._clock = clock
         self._dropped = Metrics.counter("dedup", "duplicates_dropped")
 
     @guarded("dedup", _failed("dedup"))
-    def process(self, element, seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
         _, parsed = element
         if seen.read():
             self._dropped.inc()
             yield pvalue.TaggedOutput(OUTCOME_TAG, Outcome(parsed.source, "", DEDUP_BRANCH, SKIPPED, "duplicate"))
             return
         seen.write(1)
-        forget.set(Timestamp.of(self._clock() + self._window))
+        forget.set(min(timestamp + self._window, window.max_timestamp()))
         yield parsed
 
     @on_timer(FORGET)
@@ -112,19 +115,18 @@ class DropRepeats(beam.PTransform):
     """ParsedEvent → ParsedEvent without repeats (``events``), ``outcomes`` for what was dropped,
     ``dead_letters`` for what failed unexpectedly."""
 
-    def __init__(self, window_seconds: float, clock=time.time):
+    def __init__(self, window_seconds: float):
         super().__init__()
         if window_seconds <= 0:
             raise ValueError(f"the dedup window must be > 0 seconds, got {window_seconds}")
         self._window = window_seconds
-        self._clock = clock
 
     def expand(self, events):
         keyed = events | "KeyByInsertId" >> beam.ParDo(_KeyByInsertIdDoFn()).with_outputs(
             BYPASS_TAG, OUTCOME_TAG, DEAD_LETTER_TAG, main="keyed")
         kept = (
             typed(keyed.keyed, Tuple[str, ParsedEvent])
-            | "DropRepeatsPerInsertId" >> beam.ParDo(_DropRepeatsDoFn(self._window, self._clock)).with_outputs(
+            | "DropRepeatsPerInsertId" >> beam.ParDo(_DropRepeatsDoFn(self._window)).with_outputs(
                 OUTCOME_TAG, DEAD_LETTER_TAG, main="kept")
         )
         unique = (kept.kept, keyed[BYPASS_TAG]) | "WithEventsWithoutInsertId" >> beam.Flatten()

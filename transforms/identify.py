@@ -56,7 +56,7 @@ State per (sync, user): ``{"p": {property: entry}, "n": seq, "e": expiry}`` with
 edits added or removed, so the same ``add`` is not sent twice; at most 100 of each). Only
 selected properties are kept, so the size is about ``Σ (len(name) + len(value) + 20 bytes)``
 over the user's selected properties, ``n`` counts the objects sent and ``e`` is the expiry
-time. A timer clears it ``ttl_seconds`` after the user's last update
+time. A timer clears it ``ttl_seconds`` after the user's last update, by publish time
 (``--user_state_ttl_days``; the timer is moved only when that moves it by over 1%). A
 forgotten user is new again: their next values are sent in full, an ``$add`` becomes an
 ``inc``, and a ``$setOnce`` is sent again (it may overwrite a first-touch value set over a
@@ -399,15 +399,18 @@ def flush_plan(pending: Sequence[_Pending], now: float, lateness: float):
     return [p.work for p in go], keep
 
 
-# Batch timestamps stay inside the global window: at its very end (the input ended, or a drain)
-# several batches of a user can share the last timestamp, and ``UserBatch.after`` orders them.
-LAST_TAU = GlobalWindow().max_timestamp().micros
+# Batch timestamps are whole milliseconds (timers carry milliseconds on some runners) and stay
+# inside the global window: at its very end (the input ended, or a drain) several batches of a
+# user can share the last timestamp, and ``UserBatch.after`` orders them.
+TAU_STEP_MICROS = 1000
+LAST_TAU = GlobalWindow().max_timestamp().micros // TAU_STEP_MICROS * TAU_STEP_MICROS
 
 
 def next_tau(previous: Optional[int], timestamp_micros: int) -> int:
-    """A user's next batch timestamp: after the previous one, and never before the element or
-    timer that emits it (Beam refuses an output earlier than its input)."""
-    tau = timestamp_micros if previous is None else max(previous + 1, timestamp_micros)
+    """A user's next batch timestamp: at least a millisecond after the previous one, and never
+    before the element or timer that emits it (Beam refuses an output earlier than its input)."""
+    at = -(-timestamp_micros // TAU_STEP_MICROS) * TAU_STEP_MICROS  # rounded up to a millisecond
+    tau = at if previous is None else max(previous + TAU_STEP_MICROS, at)
     return min(tau, LAST_TAU)
 
 
@@ -448,9 +451,8 @@ class IdentifyDoFn(beam.DoFn):
     per user and names its predecessor, so the packer can keep the user's batches in order
     across the shuffle. ``lateness_seconds=0`` applies each update as it arrives.
 
-    The state expires ``ttl_seconds`` after the user's last update, on a processing-time timer
-    read from ``clock`` (injectable: under TestStream the processing-time clock starts at 0, not
-    at wall time). Metrics (namespace ``identify``): ``unchanged``, ``superseded`` and the other
+    The state expires ``ttl_seconds`` after the user's last update (by publish time), on an
+    event-time timer (see ``_apply`` for why not a processing-time one). Metrics (namespace ``identify``): ``unchanged``, ``superseded`` and the other
     skip reasons, ``expired`` (users forgotten), ``reordered`` (updates applied in another order
     than they arrived).
 
@@ -462,7 +464,7 @@ class IdentifyDoFn(beam.DoFn):
     USER = ReadModifyWriteStateSpec("user", STATE_CODER)
     PENDING = BagStateSpec("pending", STATE_CODER)
     FLUSH_DUE = ReadModifyWriteStateSpec("flush_due", FloatCoder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
@@ -540,6 +542,8 @@ class IdentifyDoFn(beam.DoFn):
 
     def _apply(self, key, works, timestamp, user_state, expiry):
         """Apply updates in order to the user's state; emit one UserBatch and the skips."""
+        if not works:
+            return
         sync, user_key = key.split("|", 1)
         selected = self._selected[sync]
         state = user_state.read()
@@ -562,7 +566,10 @@ class IdentifyDoFn(beam.DoFn):
             items.extend(work.track)
         # The expiry moves with every update, but the timer is only reset when it would move by
         # more than 1% of the TTL: a timer write per event is the costlier part on most runners.
-        deadline = self._clock() + self._ttl
+        # It is an event-time timer: a processing-time timer would hold this step's output
+        # watermark at the element's timestamp for the whole TTL (Beam's Python SDK holds it
+        # there), and the packer releases a user's batches by that watermark.
+        deadline = min(timestamp.micros / 1e6 + self._ttl, LAST_TAU / 1e6)
         if stored_expiry is None or deadline - stored_expiry > self._ttl * EXPIRY_SLACK:
             expiry.set(Timestamp.of(deadline))
             stored_expiry = deadline

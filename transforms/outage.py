@@ -10,9 +10,11 @@ straight out again. No thread sleeps for the outage, and other keys are not held
 
 Only objects held longer than the outage budget (``--braze_outage_budget``, 4 h by default:
 Amplitude's own destination retries that long) are dead-lettered, as
-``outage_budget_exhausted``. A request that keeps failing while Braze takes this sync's other
-requests is not an outage but a poisoned request: after ``max_attempts`` it is dead-lettered
-as ``retries_exhausted`` so it cannot hold its key for the whole budget.
+``outage_budget_exhausted``. A request that keeps failing (5xx, timeouts) while Braze takes this
+sync's other requests is not an outage but a poisoned request: after ``max_attempts`` such
+failures in a row it is dead-lettered as ``retries_exhausted``, so it cannot hold its key for
+the whole budget. (Failures during an outage, before Braze answers anything again, are no
+strikes: when Braze recovers, every key's first request is retried, not given up.)
 
 State per key (docs/architecture.md, "State"): the queue (a bag of ``Parked`` requests, one append
 per request held) and one small ``Hold`` record. The queue is read once per retry; handled
@@ -53,6 +55,8 @@ class Hold(NamedTuple):
     drained: int = 0  # entries at the front of the queue bag already handled
     counted: int = 0  # seconds of this hold already added to the outage_seconds counter
     retries: int = 1  # retry rounds so far (for the backoff)
+    last_failed_at: float = 0.0  # when the first held request last failed
+    strikes: int = 0  # its failures in a row while Braze took other requests of the sync
 
 
 def retry_delay(tries: int, wait_hint: Optional[float], base: float, cap: float, rng: random.Random) -> float:

@@ -41,11 +41,6 @@ _LOG = logging.getLogger("transforms.sink")
 AFTER_AMBIGUOUS_RETRY = "after_ambiguous_retry"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 
-# While the sync's adaptive throttler (``transforms.sink_state``) says Braze pushed back on
-# most recent requests, a new request waits in steps of this, up to the cap per request.
-THROTTLE_DELAY_SECONDS = 1.0
-MAX_THROTTLE_SECONDS_PER_REQUEST = 10.0
-
 Result = Union[None, str, Failure]  # None or AFTER_AMBIGUOUS_RETRY: delivered; a Failure: refused
 
 
@@ -60,6 +55,7 @@ class Sent(NamedTuple):
     attempts: int = 0
     ambiguous: bool = False  # an attempt that failed may have been applied
     seconds: float = 0.0  # time spent on it, waits included
+    throttled: bool = False  # not sent: the client-side throttle held it back
 
 
 class RequestSender:
@@ -74,29 +70,22 @@ class RequestSender:
         self._clock = clock
         self._rng = rng or random.Random()
 
-    def throttle(self, state: SyncState, tally: Tally) -> None:
-        """Hold a new request back while most recent requests to this sync were pushed back."""
-        if state.throttler is None:
-            return
-        throttled = 0.0
-        while throttled < MAX_THROTTLE_SECONDS_PER_REQUEST and state.hold_back(self._clock() * 1000.0):
-            self._sleep(THROTTLE_DELAY_SECONDS)
-            throttled += THROTTLE_DELAY_SECONDS
-        if throttled:
-            _LOG.info("sync %s: held a request back %.1f s because Braze pushed back recently",
-                      state.sync.name, throttled)
-            tally.throttled(throttled)
-
     def send(self, state: SyncState, items: Sequence[BrazeItem], tally: Tally, *, max_attempts: int,
-             max_seconds: float, ambiguous: bool = False, retrying: bool = False) -> Sent:
+             max_seconds: float, ambiguous: bool = False, retrying: bool = False, throttle: bool = True) -> Sent:
         """Send ``items`` as one request (halves if too large) until settled, or until
         ``max_attempts`` / ``max_seconds`` leave only waiting: then the rest is held.
-        ``retrying``: the request was held after failing before (counted as a retry; it already
-        waited its backoff, so the client-side throttle does not hold it again)."""
+
+        ``retrying``: the request was held after failing before (counted as a retry).
+        ``throttle``: while most of this sync's recent requests were pushed back (the adaptive
+        throttler), a new request is not sent at all but returned held (``throttled``), so the
+        caller holds it by timer instead of a thread sleeping."""
         if retrying:
             tally.m.retries.inc()
-        else:
-            self.throttle(state, tally)
+            if ambiguous:
+                tally.m.ambiguous_retries.inc()
+        if throttle and state.hold_back(self._clock() * 1000.0):
+            return Sent([], held=tuple(items), error="held back: Braze pushed back on most of this sync's "
+                        "recent requests", throttled=True)
         budget = Budget(self._clock, max_seconds)
         results: List[Tuple[BrazeItem, Result]] = []
         held = self._send(state, list(items), budget, results, tally, max_attempts, ambiguous)

@@ -6,10 +6,10 @@ predecessor waits for it (``early``): a key's requests reach Braze in the order 
 packed, which keeps each user's objects in the order identify made them (a user's objects all
 share one key).
 
-Each request is sent by ``transforms.sending.RequestSender`` (the rules for every answer) with a
-few quick retries. What still fails transiently means Braze is failing or throttling: the key
-then holds (``transforms.outage``): that request and every later one of the key wait in state,
-in order, and a timer retries the first with backoff until Braze answers, then the queue drains
+Each request is sent by ``transforms.sending.RequestSender`` (the rules for every answer), once
+per try. A transient failure means Braze is failing or throttling: the key then holds
+(``transforms.outage``): that request and every later one of the key wait in state, in order,
+and a timer retries the first with backoff until Braze answers, then the queue drains
 in order. Objects are dead-lettered only past ``--braze_outage_budget`` (reason
 ``outage_budget_exhausted``), or when one request keeps failing while Braze takes this sync's
 others (``retries_exhausted``). At the end of a bounded input, or when the job drains, what is
@@ -69,17 +69,13 @@ OUTCOMES_TAG = "outcomes"  # the main output's name in the DoOutputsTuple
 STAGE = "braze"
 UNKNOWN_SYNC = "unknown_sync"
 
-# Before a key holds, a request gets at most this many attempts within this many seconds on the
-# element's own thread: a short glitch is absorbed without a timer, and no bundle sleeps long.
-INLINE_ATTEMPTS = 3
-INLINE_SECONDS = 5.0
 # One retry timer sends for at most this long before it hands over to the next firing, so a
 # drain after a long outage is a series of short work items, not one long one.
 DRAIN_SECONDS_PER_FIRING = 20.0
 DEFAULT_OUTAGE_BUDGET_SECONDS = 4 * 3600.0
 # While holding, the first retry comes 2.5-5 s after the failure, then twice as long each time
 # up to the cap: quick enough for a blip, and an hour-long outage costs a few dozen requests.
-HOLD_BACKOFF_BASE_SECONDS = 5.0
+HOLD_BACKOFF_BASE_SECONDS = 2.0
 
 
 class WriteToBraze(beam.PTransform):
@@ -97,8 +93,8 @@ class WriteToBraze(beam.PTransform):
       timeout_seconds: connect and read timeout of every request.
       max_attempts, max_retry_seconds: retries of one request that are not an outage: at the
         end of a bounded input or a drain, and for a request that keeps failing while Braze
-        takes the sync's others. Before holding, a request gets at most ``INLINE_ATTEMPTS``
-        within ``INLINE_SECONDS`` of these.
+        takes the sync's others. While streaming, a request is sent once per try: a transient
+        failure holds the key and a timer retries it, so no thread ever sleeps on Braze.
       outage_budget_seconds: how long a held object may wait for Braze before it is
         dead-lettered ``outage_budget_exhausted``.
       hold_backoff_cap_seconds: the longest wait between two retries while holding.
@@ -252,8 +248,6 @@ class _BrazeSinkDoFn(beam.DoFn):
         self._throttled_seconds = None
         self._throttled_remainder = 0.0
         self._early = Metrics.counter(METRICS_NAMESPACE, "requests_out_of_order")
-        self._inline_attempts = min(INLINE_ATTEMPTS, params.max_attempts)
-        self._inline_seconds = min(INLINE_SECONDS, params.max_retry_seconds)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -307,7 +301,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             self._count_held(due, +1)
             held.park(Parked(r, now) for r in due)
             return
-        outcome = self._send_all(due, self._inline_attempts, self._inline_seconds)
+        outcome = self._send_all(due, 1, 0.0)
         yield from outcome.outputs
         if outcome.held:
             self._start_holding(held, outcome, now, retry, window_end, window)
@@ -390,6 +384,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         state = self._state_of(first.request)
         sent = outcome.first_held
         held.set_hold(Hold(since=now, head_tries=sent.attempts, head_failed_at=now, head_seconds=sent.seconds,
+                           last_failed_at=now,
                            ambiguous=sent.ambiguous, last_error=state.scrub(sent.error) if state else sent.error,
                            last_status=sent.http_status))
         self._count_held([p.request for p in outcome.held], +1)
@@ -398,7 +393,10 @@ class _BrazeSinkDoFn(beam.DoFn):
             state.metrics.outages.inc()
             _LOG.warning("sync %s: Braze is failing (%s); holding this key's requests and retrying",
                          state.sync.name, held.hold.last_error)
-        retry.set(Timestamp.of(now + self._hold_delay(1, sent.wait_seconds)))
+        delay = self._hold_delay(1, sent.wait_seconds)
+        if sent.throttled or sent.wait_seconds is not None:
+            self._report_throttled(delay)
+        retry.set(Timestamp.of(now + delay))
         window_end.set(window.max_timestamp())
 
     def _retry_held(self, held: HeldQueue, now: float, retry):
@@ -417,21 +415,12 @@ class _BrazeSinkDoFn(beam.DoFn):
                                      f"Braze did not take it within the outage budget of "
                                      f"{self._params.outage_budget_seconds:.0f} s; last error: {hold.last_error}",
                                      hold)
-        if entries and hold.head_tries >= self._params.max_attempts and state is not None \
-                and state.succeeded_since(hold.head_failed_at):
-            # Braze takes this sync's other requests: this one is the problem, not Braze.
-            yield from self._give_up(entries[0], RETRIES_EXHAUSTED,
-                                     f"failed {hold.head_tries} times while Braze took other requests of this "
-                                     f"sync; last error: {hold.last_error}", hold)
-            entries = entries[1:]
-            handled += 1
-            hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0)
         deadline = now + DRAIN_SECONDS_PER_FIRING
         rewrite = False
         while entries and self._clock() < deadline:
             chunk = entries[:max(1, self._params.max_in_flight) * 4]
-            outcome = self._send_all([p.request for p in chunk], self._inline_attempts, self._inline_seconds,
-                                     first_ambiguous=hold.ambiguous, first_retrying=hold.head_tries > 0)
+            outcome = self._send_all([p.request for p in chunk], 1, 0.0,
+                                     first_ambiguous=hold.ambiguous, first_retrying=True)
             yield from outcome.outputs
             still = {p.request.seq: p for p in outcome.held}
             kept = []
@@ -453,7 +442,29 @@ class _BrazeSinkDoFn(beam.DoFn):
             entries = kept + entries[len(chunk):]
             sent = outcome.first_held
             same_head = chunk[0].request.seq == kept[0].request.seq
-            hold = hold._replace(retries=hold.retries + 1,
+            # A strike: the same request failed again (not throttled, not rate-limited) although
+            # Braze took another request of this sync since its previous failure.
+            struck = (same_head and state is not None and not sent.throttled and sent.wait_seconds is None
+                      and state.succeeded_since(hold.last_failed_at))
+            strikes = hold.strikes + 1 if struck else 0
+            if strikes >= self._params.max_attempts:
+                yield from self._give_up(kept[0], RETRIES_EXHAUSTED,
+                                         f"failed {strikes} times in a row while Braze took other requests of "
+                                         f"this sync; last error: {sent.error}", hold._replace(
+                                             last_status=sent.http_status, head_tries=hold.head_tries + sent.attempts))
+                entries = entries[1:]
+                handled += 1
+                rewrite = True
+                hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0, strikes=0,
+                                     last_failed_at=now)
+                held.set_hold(hold)
+                held.commit(handled, entries, rewrite)
+                if entries:
+                    retry.set(Timestamp.of(self._clock()))
+                else:
+                    held.clear()
+                return
+            hold = hold._replace(retries=hold.retries + 1, strikes=strikes, last_failed_at=self._clock(),
                                  head_tries=(hold.head_tries if same_head else 0) + sent.attempts,
                                  head_failed_at=hold.head_failed_at if same_head else now,
                                  head_seconds=(hold.head_seconds if same_head else 0.0) + sent.seconds,
@@ -461,7 +472,10 @@ class _BrazeSinkDoFn(beam.DoFn):
                                  last_status=sent.http_status)
             held.set_hold(hold)
             held.commit(handled, entries, rewrite)
-            retry.set(Timestamp.of(now + self._hold_delay(hold.retries, sent.wait_seconds)))
+            delay = self._hold_delay(hold.retries, sent.wait_seconds)
+            if sent.throttled or sent.wait_seconds is not None:
+                self._report_throttled(delay)
+            retry.set(Timestamp.of(now + delay))
             return
         if entries:  # the firing's time is up: the next one goes on at once
             held.set_hold(hold)
@@ -495,7 +509,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             else:
                 outcome = self._send_all([parked.request], max(1, attempts_left), max(0.0, seconds_left),
                                          first_ambiguous=hold.ambiguous if i == 0 else False,
-                                         first_retrying=tries > 0)
+                                         first_retrying=tries > 0, throttle=False)
                 outputs = outcome.outputs
                 still = outcome.held[0] if outcome.held else None
                 sent = outcome.first_held
@@ -536,20 +550,20 @@ class _BrazeSinkDoFn(beam.DoFn):
     # Sending: in order, up to max_in_flight at once for requests that share no user.
 
     def _send_all(self, requests: List[Request], attempts: int, seconds: float,
-                  first_ambiguous: bool = False, first_retrying: bool = False) -> "_Outcome":
+                  first_ambiguous: bool = False, first_retrying: bool = False, throttle: bool = True) -> "_Outcome":
         """Send requests in order; stop starting new ones once one must be held. Returns the
         outputs of what settled and the held requests (in order) with the first one's ``Sent``."""
         if self._pool is None or len(requests) == 1:
             sents = []
             for i, request in enumerate(requests):
                 sent = self._send_one(request, attempts, seconds, first_ambiguous and i == 0,
-                                      first_retrying and i == 0, None)
+                                      first_retrying and i == 0, throttle, None)
                 sents.append(sent)
                 if sent is not None and sent.held:
                     break
             sents += [None] * (len(requests) - len(sents))
         else:
-            sents = self._send_concurrently(requests, attempts, seconds, first_ambiguous, first_retrying)
+            sents = self._send_concurrently(requests, attempts, seconds, first_ambiguous, first_retrying, throttle)
         outputs: List = []
         held: List[Parked] = []
         first_held = None
@@ -571,17 +585,18 @@ class _BrazeSinkDoFn(beam.DoFn):
                 first_held = first_held or sent
         return _Outcome(outputs, held, first_held)
 
-    def _send_one(self, request: Request, attempts: int, seconds: float, ambiguous: bool, retrying: bool, tally):
+    def _send_one(self, request: Request, attempts: int, seconds: float, ambiguous: bool, retrying: bool,
+                  throttle: bool, tally):
         state = self._state_of(request)
         if state is None:
             return Sent([(it, Failure(UNKNOWN_SYNC, f"sync {it.sync!r} is not configured for the Braze sink",
                                       None, 0)) for it in request.items])
         tally = tally or Tally(state.metrics, self._report_throttled)
         return self._sender.send(state, request.items, tally, max_attempts=attempts, max_seconds=seconds,
-                                 ambiguous=ambiguous, retrying=retrying)
+                                 ambiguous=ambiguous, retrying=retrying, throttle=throttle and not retrying)
 
     def _send_concurrently(self, requests: List[Request], attempts: int, seconds: float, first_ambiguous: bool,
-                           first_retrying: bool):
+                           first_retrying: bool, throttle: bool):
         admission = InFlight(self._params.max_in_flight)
         for i, request in enumerate(requests):
             admission.add(i, frozenset((it.sync, it.user_key) for it in request.items))
@@ -593,7 +608,7 @@ class _BrazeSinkDoFn(beam.DoFn):
             waits: List[float] = []
             tally = Tally(RecordedMetrics(), waits.append)
             sent = self._send_one(request, attempts, seconds, first and first_ambiguous, first and first_retrying,
-                                  tally)
+                                  throttle, tally)
             return sent, tally.m, waits
 
         while True:
