@@ -56,7 +56,7 @@ State per (sync, user): ``{"p": {property: entry}, "n": seq, "e": expiry}`` with
 edits added or removed, so the same ``add`` is not sent twice; at most 100 of each). Only
 selected properties are kept, so the size is about ``Σ (len(name) + len(value) + 20 bytes)``
 over the user's selected properties, ``n`` counts the objects sent and ``e`` is the expiry
-time. A timer clears it ``ttl_seconds`` after the user's last update
+time; ``s`` marks a sync in shadow mode, whose values never reached Braze (``in_mode``). A timer clears it ``ttl_seconds`` after the user's last update
 (``--user_state_ttl_days``; the timer is moved only when that moves it by over 1%). A
 forgotten user is new again: their next values are sent in full, an ``$add`` becomes an
 ``inc``, and a ``$setOnce`` is sent again (it may overwrite a first-touch value set over a
@@ -437,6 +437,21 @@ def _work_bytes(work) -> bytes:
         return b""
 
 
+# Set in the state of a user of a sync in shadow mode: its values were never sent to Braze.
+SHADOW_MARK = "s"
+
+
+def in_mode(state, shadow: bool):
+    """A user's state as the sync's mode may use it (pure). Values recorded in the other mode are
+    dropped, keeping only the order (``n``, ``t``) and the expiry (``e``): a shadow sync's values
+    never reached Braze, so once the sync is live they must not be skipped as unchanged, and a
+    live sync's values say nothing about what its shadow has shown. The user is then new to the
+    sync, as after the TTL (README, "Shadow mode")."""
+    if not isinstance(state, dict) or bool(state.get(SHADOW_MARK)) == shadow:
+        return state
+    return {k: state[k] for k in ("n", "t", "e") if k in state}
+
+
 class IdentifyDoFn(beam.DoFn):
     """Keyed by ``identify_key(sync, user)``; holds that user's state for the sync.
 
@@ -447,6 +462,9 @@ class IdentifyDoFn(beam.DoFn):
     ``outcomes``) for an update that changed nothing. The batch's timestamp ``tau`` increases
     per user and names its predecessor, so the packer can keep the user's batches in order
     across the shuffle. ``lateness_seconds=0`` applies each update as it arrives.
+
+    ``shadow_syncs``: the syncs in shadow mode; their users' state is marked so, and read afresh
+    when the sync's mode changes (``in_mode``), e.g. when an ``--update`` turns it live.
 
     The state expires ``ttl_seconds`` after the user's last update, on a processing-time timer
     read from ``clock`` (injectable: under TestStream the processing-time clock starts at 0, not
@@ -466,12 +484,14 @@ class IdentifyDoFn(beam.DoFn):
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None):
+                 clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None,
+                 shadow_syncs: Iterable[str] = ()):
         if not is_number(ttl_seconds) or ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be a number > 0, got {ttl_seconds!r}")
         if not is_number(lateness_seconds) or lateness_seconds < 0:
             raise ValueError(f"lateness_seconds must be a number >= 0, got {lateness_seconds!r}")
         self._selected = {sync: frozenset(props) for sync, props in selected_by_sync.items()}
+        self._shadow = frozenset(shadow_syncs)
         self._ttl = float(ttl_seconds)
         self._lateness = float(lateness_seconds)
         self._max_array = max_array_length
@@ -542,7 +562,8 @@ class IdentifyDoFn(beam.DoFn):
         """Apply updates in order to the user's state; emit one UserBatch and the skips."""
         sync, user_key = key.split("|", 1)
         selected = self._selected[sync]
-        state = user_state.read()
+        shadow = sync in self._shadow
+        state = in_mode(user_state.read(), shadow)
         stored_expiry = state.get("e") if isinstance(state, dict) else None
         last_tau = state.get("t") if isinstance(state, dict) else None
         items: List[BrazeItem] = []
@@ -567,6 +588,8 @@ class IdentifyDoFn(beam.DoFn):
             expiry.set(Timestamp.of(deadline))
             stored_expiry = deadline
         state["e"] = stored_expiry
+        if shadow:
+            state[SHADOW_MARK] = 1
         if items:
             tau = next_tau(last_tau, timestamp.micros)
             state["t"] = tau
