@@ -133,7 +133,8 @@ def json_lines(preview: Preview) -> List[str]:
     for sync in preview.syncs:
         if not sync.enabled:
             continue
-        out += [orjson.dumps({"sync": sync.name, "request": orjson.loads(r.body)}).decode() for r in requests[sync.name]]
+        out += [orjson.dumps({"sync": sync.name, "request": orjson.loads(r.body)}).decode()
+                for r in requests[sync.name]]
         out += [_not_sent_json(n) for n in skipped if n.sync == sync.name]
     return out
 

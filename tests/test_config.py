@@ -715,7 +715,8 @@ def test_a_sync_is_live_unless_it_says_shadow():
 
 def test_a_mistyped_mode_is_named_with_the_closest_one():
     assert problems(minimal(mode="shadw")) == ["syncs[0].mode: unknown mode 'shadw' (did you mean 'shadow'?)"]
-    assert problems(minimal(mode="dry-run")) == ["syncs[0].mode: unknown mode 'dry-run' (expected one of: live, shadow)"]
+    assert problems(minimal(mode="dry-run")) == [
+        "syncs[0].mode: unknown mode 'dry-run' (expected one of: live, shadow)"]
     assert problems(minimal(mode=1)) == ["syncs[0].mode: must be a string, one of: live, shadow; got number"]
 
 

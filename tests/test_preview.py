@@ -93,8 +93,8 @@ def test_the_preview_shows_the_bodies_the_job_sends_and_ends_every_event_as_the_
 
     # Every event, sync and branch ends the same way; where the job delivered, the preview shadowed.
     def ends(outcomes, sent):
-        return sorted((o.source, o.sync, o.branch, ("sent", "") if (o.status, o.reason) == sent else (o.status, o.reason))
-                      for o in outcomes)
+        return sorted((o.source, o.sync, o.branch, ("sent", "") if (o.status, o.reason) == sent
+                       else (o.status, o.reason)) for o in outcomes)
 
     assert ends(shown.outcomes, (SKIPPED, SHADOW)) == ends(job_outcomes, (DELIVERED, ""))
     assert len(shown.outcomes) > 2 * len(lines)  # every event in both branches of both syncs

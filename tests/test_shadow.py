@@ -10,7 +10,6 @@ from typing import Tuple
 
 import apache_beam as beam
 import orjson
-import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.timestamp import Timestamp
 

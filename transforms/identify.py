@@ -56,12 +56,13 @@ State per (sync, user): ``{"p": {property: entry}, "n": seq, "e": expiry}`` with
 edits added or removed, so the same ``add`` is not sent twice; at most 100 of each). Only
 selected properties are kept, so the size is about ``Σ (len(name) + len(value) + 20 bytes)``
 over the user's selected properties, ``n`` counts the objects sent and ``e`` is the expiry
-time; ``s`` marks a sync in shadow mode, whose values never reached Braze (``in_mode``). A timer clears it ``ttl_seconds`` after the user's last update
+time. A timer clears it ``ttl_seconds`` after the user's last update
 (``--user_state_ttl_days``; the timer is moved only when that moves it by over 1%). A
 forgotten user is new again: their next values are sent in full, an ``$add`` becomes an
 ``inc``, and a ``$setOnce`` is sent again (it may overwrite a first-touch value set over a
 TTL ago; the snapshots Amplitude sends with later events carry its resolved value and
-correct it).
+correct it). ``s`` marks the state of a sync in shadow mode, whose values never reached
+Braze; a change of mode reads the state afresh, as for a forgotten user (``in_mode``).
 
 Each attribute item carries (``BrazeItem.seq``, ``BrazeItem.before``) the user's sequence
 number and the value Braze held before it for each key where the job knows it.

@@ -63,8 +63,9 @@ from transforms.sending import AFTER_AMBIGUOUS_RETRY, API_KEY_UNAVAILABLE, Reque
 from transforms.shadow import SHADOW_TAG, ShadowCounters, shadow_outputs
 from transforms.sink_state import METRICS_NAMESPACE, Failure, RecordedMetrics, SyncState, Tally
 
-__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STAGE", "METRICS_NAMESPACE", "RETRIES_EXHAUSTED",
-           "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE", "UNKNOWN_SYNC"]
+__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STAGE", "METRICS_NAMESPACE",
+           "RETRIES_EXHAUSTED", "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE",
+           "UNKNOWN_SYNC"]
 
 _LOG = logging.getLogger(__name__)
 
