@@ -13,8 +13,8 @@ cannot express is that sync names are unique).
 Defaults: ``enabled`` true; ``mode`` live (``shadow``: the job builds the sync's requests and
 publishes them to ``--shadow_topic`` instead of sending them); identifier ``external_id`` from
 ``user_id``; a ``users`` or ``events`` section that is absent is disabled, one that is present
-is enabled unless it says ``enabled: false``; no properties or mappings listed means none are sent; no
-``identifier.anonymous``, so events without the identifier's value are skipped.
+is enabled unless it says ``enabled: false``; no properties or mappings listed means none are
+sent; no ``identifier.anonymous``, so events without the identifier's value are skipped.
 
 Mappings (``users.mappings``, ``events.mappings``: ``{from, to}``) and plain ``properties``
 follow the rules in ``pipeline.config_mappings``: a dotted Amplitude path to a Braze name

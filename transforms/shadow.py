@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.braze_client import build_track_body
 from transforms.records import SKIPPED, Outcome, Request, ShadowRequest
+from transforms.sink_state import METRICS_NAMESPACE  # the sink's, so a sync's counters sit together
 
 __all__ = ["SHADOW", "SHADOW_TAG", "SHADOW_FORMAT", "ShadowCounters", "shadow_request", "shadow_outputs",
            "shadow_message", "WriteShadowRequests"]
@@ -32,7 +33,6 @@ __all__ = ["SHADOW", "SHADOW_TAG", "SHADOW_FORMAT", "ShadowCounters", "shadow_re
 SHADOW = "shadow"  # the reason on the outcome of an object a shadow sync would have sent
 SHADOW_TAG = "shadow"  # the sink's output of ShadowRequest records
 SHADOW_FORMAT = "1"  # the "format" attribute of a shadow message
-METRICS_NAMESPACE = "braze"  # the sink's (transforms.sink_state), so a sync's counters sit together
 
 
 class ShadowCounters:
