@@ -17,8 +17,8 @@ preview starts (an event without a time of its own gets that time, as the job gi
 publish time). Not "now": the in-process runner runs a processing-time timer (dedup's, identify's
 expiry) as soon as the watermark hold it sets is past, and such a timer holds the watermark at
 the time of the element that set it; a sample stamped "now" would make the run wait for the
-clock and then fail. The options
-that change what is sent (batching, dedup, arrays, endpoints) are the job's, with its defaults.
+clock and then fail. The options that change what is sent (batching, dedup, arrays,
+endpoints) are the job's, with its defaults.
 A bounded run ends with every timer fired: each user's updates in the sample are applied in
 event-time order and leave together, as a burst within ``--reorder_lateness_seconds`` would.
 
@@ -48,7 +48,7 @@ from pipeline.preview_report import Preview, json_lines, table
 from transforms.parse import parse_message
 from transforms.records import ParsedEvent
 
-__all__ = ["PreviewOptions", "JOB_OPTIONS", "read_sample", "sample_messages", "graph_settings", "preview", "run"]
+__all__ = ["PreviewOptions", "JOB_OPTIONS", "SampleError", "read_sample", "sample_messages", "graph_settings", "preview", "run"]
 
 PROG = "python -m pipeline.preview"
 DESCRIPTION = ("Run the streaming job's steps on sample events, every sync in shadow mode, and print per sync the "
