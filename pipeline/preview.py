@@ -48,7 +48,8 @@ from pipeline.preview_report import Preview, json_lines, table
 from transforms.parse import parse_message
 from transforms.records import ParsedEvent
 
-__all__ = ["PreviewOptions", "JOB_OPTIONS", "SampleError", "read_sample", "sample_messages", "graph_settings", "preview", "run"]
+__all__ = ["PreviewOptions", "JOB_OPTIONS", "SampleError", "read_sample", "sample_messages", "graph_settings",
+           "preview", "run"]
 
 PROG = "python -m pipeline.preview"
 DESCRIPTION = ("Run the streaming job's steps on sample events, every sync in shadow mode, and print per sync the "
