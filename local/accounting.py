@@ -5,8 +5,9 @@ dead-lettered; or once for all (an outcome with no sync) if it could not be pars
 before the fan-out to syncs (dead-lettered), or repeated an event seen just before (skipped as
 a duplicate). Its overall status is
 ``dead_lettered`` if any part of it was, else ``delivered`` if any part reached Braze, else
-``skipped``. The demo, the integration tests and the benchmark share this so "the numbers add
-up" means the same everywhere.
+``skipped``. A sync in shadow mode (``transforms.shadow``) sends nothing: what it would have
+sent ends ``skipped`` with reason ``shadow``, so it adds up the same way. The demo, the
+integration tests and the benchmark share this so "the numbers add up" means the same everywhere.
 """
 from __future__ import annotations
 

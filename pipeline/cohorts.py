@@ -10,7 +10,8 @@ Batch (``pipeline.cohort_batch``): one run of one sync. Its membership is ``--sn
 given, else a download from Amplitude's cohort API (``source: download``, and the bootstrap or
 ``--reconcile`` of a ``source: feed`` sync). Cloud Scheduler launches scheduled syncs
 (``make schedule``). Exit status: 0 success, 1 failed run, 2 refused (bad options or config,
-a renamed target).
+a renamed target). An option that neither this job nor Beam declares is refused before anything
+starts, with the closest known name (``pipeline.cli``), as the streaming job does.
 
 Streaming (``pipeline.cohort_feed``): every ``source: feed`` sync of the cohorts file (or only
 ``--sync``), from one subscription to Amplitude's "Google Pub/Sub (Cohort Sync)" topic.
@@ -25,13 +26,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.cohort_batch import RunSwitches, SyncOutcome, plan_sync, run_batch_sync
 from pipeline.cohort_config import ConfigError, load_cohorts
-from pipeline.cohort_options import check_cohort_options, cohort_settings, help_text
+from pipeline.cli import usable_argv
+from pipeline.cohort_options import SHARED_OPTIONS, CohortOptions, check_cohort_options, cohort_settings, help_text
+from pipeline.options import StreamOptions
 from transforms.cohorts.delivery import RetryPolicy
 from transforms.cohorts.state import StateError, StateStore
 
 __all__ = ["run", "SyncOutcome"]
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
+PROG = "python -m pipeline.cohorts"
+# What this job declares: its own options and the part of the streaming job's it shares. Any
+# other option (a typo, the streaming job's --sync_config) is refused, with the closest name.
+OPTION_SETS = [CohortOptions, (StreamOptions, SHARED_OPTIONS)]
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -39,6 +46,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(help_text())
         return 0
+    if not usable_argv(argv, OPTION_SETS, PROG):
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = PipelineOptions(argv)
     try:

@@ -7,12 +7,14 @@ cannot express is that sync names are unique).
 
 - ``load_syncs(path_or_uri)``: a local path or ``gs://`` URI, YAML or JSON.
 - ``loads_syncs(text)`` / ``parse_syncs(document)``: the same from text or a parsed document.
-- ``enabled_syncs(syncs)``: the syncs whose status is enabled.
+- ``enabled_syncs(syncs)``: the syncs whose status is enabled; ``shadow_syncs(syncs)``: those of
+  them in shadow mode.
 
-Defaults: ``enabled`` true; identifier ``external_id`` from ``user_id``; a ``users`` or
-``events`` section that is absent is disabled, one that is present is enabled unless it says
-``enabled: false``; no properties or mappings listed means none are sent; no
-``identifier.anonymous``, so events without the identifier's value are skipped.
+Defaults: ``enabled`` true; ``mode`` live (``shadow``: the job builds the sync's requests and
+publishes them to ``--shadow_topic`` instead of sending them); identifier ``external_id`` from
+``user_id``; a ``users`` or ``events`` section that is absent is disabled, one that is present
+is enabled unless it says ``enabled: false``; no properties or mappings listed means none are
+sent; no ``identifier.anonymous``, so events without the identifier's value are skipped.
 
 Mappings (``users.mappings``, ``events.mappings``: ``{from, to}``) and plain ``properties``
 follow the rules in ``pipeline.config_mappings``: a dotted Amplitude path to a Braze name
@@ -50,6 +52,12 @@ from pipeline.config_validation import (
 )
 
 IDENTIFIER_TYPES = ("external_id", "braze_id", "user_alias")
+# How a sync delivers: live sends to Braze; shadow builds the same requests and publishes their
+# bodies to --shadow_topic instead (README, "Shadow mode"), so a new sync can be watched on live
+# traffic before it is turned on.
+LIVE = "live"
+SHADOW = "shadow"
+MODES = (LIVE, SHADOW)
 ANONYMOUS_TYPES = ("user_alias",)  # an anonymous device's profile: an alias, later merged by /users/identify
 
 
@@ -98,17 +106,22 @@ class Sync:
     identifier: Identifier = Identifier()
     users: UserSettings = UserSettings()
     events: EventSettings = EventSettings()
+    mode: str = LIVE  # one of MODES
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == SHADOW
 
 
 __all__ = [
     "ALLOWED_ENDPOINTS", "ANONYMOUS_TYPES", "AnonymousIdentifier", "Condition", "ConfigError", "EventSelector",
-    "EventSettings", "FieldMapping", "IDENTIFIER_TYPES", "Identifier", "OPERATORS", "Sync", "UserSettings",
-    "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs",
+    "EventSettings", "FieldMapping", "IDENTIFIER_TYPES", "Identifier", "LIVE", "MODES", "OPERATORS", "SHADOW", "Sync",
+    "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs", "shadow_syncs",
 ]
 
 
 _TOP_KEYS = ("$schema", "syncs")  # "$schema" lets JSON editors find syncs.schema.json
-_SYNC_KEYS = ("name", "enabled", "endpoint", "api_key", "app_id", "identifier", "users", "events")
+_SYNC_KEYS = ("name", "enabled", "mode", "endpoint", "api_key", "app_id", "identifier", "users", "events")
 _IDENTIFIER_KEYS = ("type", "source", "alias_label", "anonymous")
 _ANONYMOUS_KEYS = ("type", "source", "alias_label")
 _USERS_KEYS = ("enabled", "properties", "mappings", "update_existing_only")
@@ -160,6 +173,11 @@ def enabled_syncs(syncs) -> Tuple[Sync, ...]:
     return tuple(s for s in syncs if s.enabled)
 
 
+def shadow_syncs(syncs) -> Tuple[Sync, ...]:
+    """The enabled syncs in shadow mode, in file order: the job needs --shadow_topic for them."""
+    return tuple(s for s in syncs if s.enabled and s.shadow)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation (the helpers shared with the cohorts file are in pipeline.config_validation)
 
@@ -201,6 +219,7 @@ class _SyncsValidator(SelectRules, MappingRules, Validator):
         name = self.sync_name(m, path)
         self.unique_name(names, name, path)
         enabled = self.boolean(m, "enabled", path, True)
+        mode = self.choice(m, "mode", path, MODES, LIVE)
         endpoint = self.endpoint(m, path)
         api_key = self.reference(m, "api_key", path)  # "required" is reported by mapping()
         app_id = self.string(m, "app_id", path)
@@ -211,10 +230,10 @@ class _SyncsValidator(SelectRules, MappingRules, Validator):
             self.add(join_path(path, "identifier.anonymous"), "not allowed with users.update_existing_only: true "
                      "(Braze would never create the alias profiles anonymous events go to)")
             return None
-        if None in (name, endpoint, api_key, identifier, users, events) or ("app_id" in m and app_id is None):
+        if None in (name, mode, endpoint, api_key, identifier, users, events) or ("app_id" in m and app_id is None):
             return None
         return Sync(name=name, endpoint=endpoint, api_key=api_key, enabled=enabled, app_id=app_id,
-                    identifier=identifier, users=users, events=events)
+                    identifier=identifier, users=users, events=events, mode=mode)
 
     def identifier(self, m, path):
         if "identifier" not in m:

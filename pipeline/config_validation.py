@@ -151,6 +151,20 @@ class Validator:
             return default
         return value
 
+    def choice(self, m, key, path, choices, default):
+        """One of ``choices`` (a string), with "did you mean" for a near miss; None when not."""
+        if key not in m:
+            return default
+        value = m[key]
+        p = join_path(path, key)
+        if not isinstance(value, str):
+            self.add(p, f"must be a string, one of: {', '.join(choices)}; got {type_name(value)}")
+            return None
+        if value not in choices:
+            self.add(p, f"unknown {key} {value!r} ({choice_hint(value, choices)})")
+            return None
+        return value
+
     def string(self, m, key, path, required=False, pattern=None, pattern_text=""):
         if key not in m:
             return None  # "required" already reported by mapping()

@@ -6,6 +6,7 @@
     replayed Braze objects (--replay_subscription) ────────────────────────────────────────────┘
     outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
     dead letters:  every stage's failures + objects Braze did not take
+    shadow:        the requests of syncs in shadow mode, built and not sent (transforms/shadow.py)
 
 The stateful steps, with their state, keys and order guarantees, are described in
 docs/architecture.md. Their names are part of the job's update contract (``--update`` matches
@@ -26,20 +27,21 @@ from transforms.identify import DEAD_LETTER_TAG as IDENTIFY_DEAD_LETTERS
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
 from transforms.identify import IdentifyDoFn
 from transforms.parse import ParseEvents
-from transforms.records import NO_PREDECESSOR, DeadLetter, Outcome, ParsedEvent, UserBatch
+from transforms.records import NO_PREDECESSOR, DeadLetter, Outcome, ParsedEvent, ShadowRequest, UserBatch
 from transforms.replay import DEAD_LETTER_TAG as REPLAY_DEAD_LETTERS
 from transforms.replay import OUTCOME_TAG as REPLAY_OUTCOMES
 from transforms.replay import ReadReplayedObjects
 from transforms.route import RouteToSyncs
 from transforms.secrets import resolve_api_key
-from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, WriteToBraze
+from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, SHADOW_TAG, WriteToBraze
 
 DEFAULT_LATENESS_SECONDS = 2.0
 DEFAULT_MAX_ARRAY_LENGTH = 25
 
 
 class EventsToBraze(beam.PTransform):
-    """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter}``.
+    """Pub/Sub messages (or bytes) → ``{"outcomes": Outcome, "dead_letters": DeadLetter,
+    "shadow": ShadowRequest}`` (the last one empty unless a sync is in shadow mode).
 
     ``replayed_messages``: an optional PCollection of the replay subscription's messages
     (Braze objects an operator replays); each is checked against ``all_syncs`` (the whole
@@ -77,7 +79,8 @@ class EventsToBraze(beam.PTransform):
                 or not user_state_ttl_days > 0:
             raise ValueError(f"user_state_ttl_days must be a number > 0, got {user_state_ttl_days!r}")
         self._identify = dict(ttl_seconds=user_state_ttl_days * 86400.0, clock=clock,
-                              lateness_seconds=lateness_seconds, max_array_length=max_array_length)
+                              lateness_seconds=lateness_seconds, max_array_length=max_array_length,
+                              shadow_syncs=tuple(s.name for s in self._syncs if s.shadow))
         self._clock = clock
         self._replayed = replayed_messages
         self._all_syncs = tuple(all_syncs) if all_syncs is not None else tuple(syncs)
@@ -123,4 +126,5 @@ class EventsToBraze(beam.PTransform):
         return {
             "outcomes": typed(tuple(outcomes) | "AllOutcomes" >> beam.Flatten(), Outcome),
             "dead_letters": typed(tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten(), DeadLetter),
+            "shadow": typed(written[SHADOW_TAG], ShadowRequest),
         }

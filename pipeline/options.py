@@ -51,6 +51,14 @@ class StreamOptions(PipelineOptions):
             "reconciliation. Off when empty.",
         )
         io.add_argument(
+            "--shadow_topic",
+            default="",
+            help="Pub/Sub topic, projects/P/topics/T, receiving the request bodies of syncs in shadow "
+            "mode (mode: shadow in the syncs file) instead of Braze: one message per request, the "
+            "/users/track body as data, the sync, batch_key and seq as attributes. Required when an "
+            "enabled sync is in shadow mode; off when empty.",
+        )
+        io.add_argument(
             "--replay_subscription",
             default="",
             help="Optional Pub/Sub subscription, projects/P/subscriptions/S, of the replay topic that "
@@ -178,6 +186,8 @@ def check_stream_options(options: StreamOptions) -> list:
         problems.append(f"--dead_letter_topic must look like projects/P/topics/T, got {options.dead_letter_topic!r}")
     if options.outcome_topic and not TOPIC_RE.match(options.outcome_topic):
         problems.append(f"--outcome_topic must look like projects/P/topics/T, got {options.outcome_topic!r}")
+    if options.shadow_topic and not TOPIC_RE.match(options.shadow_topic):
+        problems.append(f"--shadow_topic must look like projects/P/topics/T, got {options.shadow_topic!r}")
     if not options.sync_config:
         problems.append("--sync_config is required (a path or gs:// URI of the syncs file)")
     if options.max_batch_wait_seconds <= 0:

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.config import ConfigError, enabled_syncs, load_syncs
+from pipeline.config import ConfigError, enabled_syncs, load_syncs, shadow_syncs
 from pipeline.graph import EventsToBraze
 from pipeline.cli import help_text, usable_argv
 from pipeline.local_runner import faster_bundle_based_direct_runner
@@ -26,6 +26,7 @@ from transforms.outage import parse_duration
 from transforms.scrub import install_log_scrubbing
 from transforms.dead_letters import WriteDeadLetters
 from transforms.outcomes import RecordOutcomes
+from transforms.shadow import WriteShadowRequests
 
 LOCAL_RUNNER = "BundleBasedDirectRunner"
 
@@ -40,6 +41,11 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
     syncs = enabled_syncs(all_syncs)
     if not syncs:
         raise ConfigError(opts.sync_config, ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    shadows = shadow_syncs(syncs)
+    if shadows and not opts.shadow_topic:
+        names = ", ".join(f"sync {s.name!r}" for s in shadows)
+        raise ValueError(f"invalid options:\n  --shadow_topic is required (projects/P/topics/T): {names} has "
+                         "mode: shadow, and its request bodies are published there instead of sent to Braze")
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     if not standard.runner:
@@ -74,6 +80,8 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
     )
     results["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_topic)
     results["outcomes"] | "RecordOutcomes" >> RecordOutcomes(opts.outcome_topic)
+    if opts.shadow_topic:  # kept while no sync is in shadow, so an update that turns one live keeps the steps
+        results["shadow"] | "WriteShadowRequests" >> WriteShadowRequests(opts.shadow_topic)
     return pipeline
 
 

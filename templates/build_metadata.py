@@ -35,6 +35,7 @@ LABELS: Dict[str, str] = {
     "input_subscription": "Input Pub/Sub subscription",
     "dead_letter_topic": "Dead-letter Pub/Sub topic",
     "outcome_topic": "Outcome Pub/Sub topic",
+    "shadow_topic": "Shadow Pub/Sub topic (request bodies of syncs in shadow mode)",
     "sync_config": "Syncs file",
     "allow_insecure_endpoints": "Allow non-Braze endpoints (local testing only)",
     "dedup_window_minutes": "Deduplication window (minutes)",
@@ -63,6 +64,7 @@ REGEXES: Dict[str, List[str]] = {
     "input_subscription": [SUBSCRIPTION_REGEX],
     "dead_letter_topic": [TOPIC_REGEX],
     "outcome_topic": [TOPIC_REGEX],
+    "shadow_topic": [TOPIC_REGEX],
     "replay_subscription": [SUBSCRIPTION_REGEX],
     "sync_config": [r"^(gs://.+|/.+)$"],
     "braze_outage_budget": [r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?[hms])+)$"],
@@ -73,6 +75,7 @@ PARAM_TYPES: Dict[str, str] = {
     "input_subscription": "PUBSUB_SUBSCRIPTION",
     "dead_letter_topic": "PUBSUB_TOPIC",
     "outcome_topic": "PUBSUB_TOPIC",
+    "shadow_topic": "PUBSUB_TOPIC",
     "replay_subscription": "PUBSUB_SUBSCRIPTION",
 }
 

@@ -13,7 +13,7 @@ from pipeline import config
 from pipeline.config_mappings import MAPPING_KEYS
 from pipeline.config import (
     AnonymousIdentifier, Condition, ConfigError, EventSelector, EventSettings, FieldMapping, Identifier, Sync,
-    UserSettings, enabled_syncs, load_syncs, loads_syncs, parse_syncs,
+    UserSettings, enabled_syncs, load_syncs, loads_syncs, parse_syncs, shadow_syncs,
 )
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -291,7 +291,7 @@ def test_many_errors_are_all_reported_with_their_paths():
             "syncs[0].name: required", "syncs[0].endpoint: required", "syncs[0].api_key: required",
         ]),
         (minimal(colour="red"), [
-            "syncs[0].colour: unknown key (expected one of: name, enabled, endpoint, api_key, app_id, "
+            "syncs[0].colour: unknown key (expected one of: name, enabled, mode, endpoint, api_key, app_id, "
             "identifier, users, events)"
         ]),
         (minimal(name=""), ["syncs[0].name: must not be empty"]),
@@ -598,6 +598,7 @@ def test_schema_describes_every_property_and_matches_the_code():
     defs = schema["$defs"]
     assert defs["condition"]["properties"]["op"]["enum"] == list(config.OPERATORS)
     assert defs["identifier"]["properties"]["type"]["enum"] == list(config.IDENTIFIER_TYPES)
+    assert defs["sync"]["properties"]["mode"]["enum"] == list(config.MODES)
     assert set(defs["sync"]["properties"]) == set(config._SYNC_KEYS)
     assert set(defs["identifier"]["properties"]) == set(config._IDENTIFIER_KEYS)
     assert set(defs["anonymous"]["properties"]) == set(config._ANONYMOUS_KEYS)
@@ -629,6 +630,9 @@ AGREEMENT_INVALID = [
     minimal(api_key=FAKE_KEY),
     minimal(api_key="env:1X"),
     minimal(app_id=1),
+    minimal(mode="shadw"),
+    minimal(mode=True),
+    minimal(mode="Shadow"),
     minimal(identifier={"type": "user_alias"}),
     minimal(identifier={"type": "braze_id", "alias_label": "x"}),
     minimal(identifier={"alias_label": "x"}),
@@ -662,6 +666,8 @@ AGREEMENT_INVALID = [
 
 AGREEMENT_VALID = [
     minimal(),
+    minimal(mode="shadow"),
+    minimal(mode="live"),
     {"$schema": "./syncs.schema.json", **minimal()},
     minimal(events={"enabled": False}),
     minimal(events={"enabled": False, "select": []}),
@@ -694,3 +700,30 @@ def test_known_disagreement_duplicate_names(validator):
     document = {"syncs": minimal()["syncs"] * 2}
     assert list(validator.iter_errors(document)) == []
     assert problems(document) == ["syncs[1].name: duplicate name 's' (also syncs[0])"]
+
+
+# ---------------------------------------------------------------------------- mode (shadow)
+
+
+def test_a_sync_is_live_unless_it_says_shadow():
+    [live] = parse_syncs(minimal())
+    [shadow] = parse_syncs(minimal(mode="shadow"))
+    assert (live.mode, live.shadow) == ("live", False)
+    assert (shadow.mode, shadow.shadow) == ("shadow", True)
+    assert parse_syncs(minimal(mode="live"))[0] == live
+
+
+def test_a_mistyped_mode_is_named_with_the_closest_one():
+    assert problems(minimal(mode="shadw")) == ["syncs[0].mode: unknown mode 'shadw' (did you mean 'shadow'?)"]
+    assert problems(minimal(mode="dry-run")) == [
+        "syncs[0].mode: unknown mode 'dry-run' (expected one of: live, shadow)"]
+    assert problems(minimal(mode=1)) == ["syncs[0].mode: must be a string, one of: live, shadow; got number"]
+
+
+def test_shadow_syncs_are_the_enabled_ones_in_shadow_mode():
+    document = {"syncs": [
+        {**minimal()["syncs"][0], "name": "a", "mode": "shadow"},
+        {**minimal()["syncs"][0], "name": "b"},
+        {**minimal()["syncs"][0], "name": "c", "mode": "shadow", "enabled": False},
+    ]}
+    assert [s.name for s in shadow_syncs(parse_syncs(document))] == ["a"]

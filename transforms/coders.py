@@ -21,7 +21,7 @@ from apache_beam import coders
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from transforms.records import (
-    BrazeItem, DeadLetter, IdentifyWork, Outcome, ParsedEvent, Request, UserBatch,
+    BrazeItem, DeadLetter, IdentifyWork, Outcome, ParsedEvent, Request, ShadowRequest, UserBatch,
 )
 
 __all__ = ["JsonCoder", "RecordCoder", "DeadLetterCoder", "register", "typed", "ITEM", "WORK", "BATCH", "REQUEST",
@@ -176,6 +176,11 @@ class _OutcomeCoder(RecordCoder):
         super().__init__(Outcome)
 
 
+class _ShadowRequestCoder(RecordCoder):
+    def __init__(self):
+        super().__init__(ShadowRequest)
+
+
 _REGISTERED: Tuple[Tuple[type, type], ...] = (
     (ParsedEvent, _ParsedEventCoder),
     (BrazeItem, _BrazeItemCoder),
@@ -183,6 +188,7 @@ _REGISTERED: Tuple[Tuple[type, type], ...] = (
     (UserBatch, _UserBatchCoder),
     (Request, _RequestCoder),
     (Outcome, _OutcomeCoder),
+    (ShadowRequest, _ShadowRequestCoder),
     (DeadLetter, DeadLetterCoder),
 )
 

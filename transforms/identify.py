@@ -61,7 +61,8 @@ time. A timer clears it ``ttl_seconds`` after the user's last update, by publish
 forgotten user is new again: their next values are sent in full, an ``$add`` becomes an
 ``inc``, and a ``$setOnce`` is sent again (it may overwrite a first-touch value set over a
 TTL ago; the snapshots Amplitude sends with later events carry its resolved value and
-correct it).
+correct it). ``s`` marks the state of a sync in shadow mode, whose values never reached
+Braze; a change of mode reads the state afresh, as for a forgotten user (``in_mode``).
 
 Each attribute item carries (``BrazeItem.seq``, ``BrazeItem.before``) the user's sequence
 number and the value Braze held before it for each key where the job knows it.
@@ -440,6 +441,21 @@ def _work_bytes(work) -> bytes:
         return b""
 
 
+# Set in the state of a user of a sync in shadow mode: its values were never sent to Braze.
+SHADOW_MARK = "s"
+
+
+def in_mode(state, shadow: bool):
+    """A user's state as the sync's mode may use it (pure). Values recorded in the other mode are
+    dropped, keeping only the order (``n``, ``t``) and the expiry (``e``): a shadow sync's values
+    never reached Braze, so once the sync is live they must not be skipped as unchanged, and a
+    live sync's values say nothing about what its shadow has shown. The user is then new to the
+    sync, as after the TTL (README, "Shadow mode")."""
+    if not isinstance(state, dict) or bool(state.get(SHADOW_MARK)) == shadow:
+        return state
+    return {k: state[k] for k in ("n", "t", "e") if k in state}
+
+
 class IdentifyDoFn(beam.DoFn):
     """Keyed by ``identify_key(sync, user)``; holds that user's state for the sync.
 
@@ -451,8 +467,12 @@ class IdentifyDoFn(beam.DoFn):
     per user and names its predecessor, so the packer can keep the user's batches in order
     across the shuffle. ``lateness_seconds=0`` applies each update as it arrives.
 
+    ``shadow_syncs``: the syncs in shadow mode; their users' state is marked so, and read afresh
+    when the sync's mode changes (``in_mode``), e.g. when an ``--update`` turns it live.
+
     The state expires ``ttl_seconds`` after the user's last update (by publish time), on an
-    event-time timer (see ``_apply`` for why not a processing-time one). Metrics (namespace ``identify``): ``unchanged``, ``superseded`` and the other
+    event-time timer (see ``_apply`` for why not a processing-time one). Metrics (namespace
+    ``identify``): ``unchanged``, ``superseded`` and the other
     skip reasons, ``expired`` (users forgotten), ``reordered`` (updates applied in another order
     than they arrived).
 
@@ -468,12 +488,14 @@ class IdentifyDoFn(beam.DoFn):
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None):
+                 clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None,
+                 shadow_syncs: Iterable[str] = ()):
         if not is_number(ttl_seconds) or ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be a number > 0, got {ttl_seconds!r}")
         if not is_number(lateness_seconds) or lateness_seconds < 0:
             raise ValueError(f"lateness_seconds must be a number >= 0, got {lateness_seconds!r}")
         self._selected = {sync: frozenset(props) for sync, props in selected_by_sync.items()}
+        self._shadow = frozenset(shadow_syncs)
         self._ttl = float(ttl_seconds)
         self._lateness = float(lateness_seconds)
         self._max_array = max_array_length
@@ -546,7 +568,8 @@ class IdentifyDoFn(beam.DoFn):
             return
         sync, user_key = key.split("|", 1)
         selected = self._selected[sync]
-        state = user_state.read()
+        shadow = sync in self._shadow
+        state = in_mode(user_state.read(), shadow)
         stored_expiry = state.get("e") if isinstance(state, dict) else None
         last_tau = state.get("t") if isinstance(state, dict) else None
         items: List[BrazeItem] = []
@@ -574,6 +597,8 @@ class IdentifyDoFn(beam.DoFn):
             expiry.set(Timestamp.of(deadline))
             stored_expiry = deadline
         state["e"] = stored_expiry
+        if shadow:
+            state[SHADOW_MARK] = 1
         if items:
             tau = next_tau(last_tau, timestamp.micros)
             state["t"] = tau

@@ -106,6 +106,17 @@ class Request(NamedTuple):
     items: Tuple[BrazeItem, ...]
 
 
+class ShadowRequest(NamedTuple):
+    """A request of a sync in shadow mode, built as the sink would send it and not sent:
+    ``body`` is the ``/users/track`` JSON the sink would have posted (``transforms.shadow``)."""
+
+    sync: str
+    key: str  # the batch key, ``<sync>#<shard>``
+    seq: int  # the request's number within its batch key, as the sink would have sent it
+    body: str  # the JSON body, exactly as it would have been sent
+    objects: int  # how many Braze objects it holds
+
+
 class Outcome(NamedTuple):
     """The end of one event in one branch of one sync."""
 

@@ -23,6 +23,9 @@ Every object ends as an ``Outcome`` per source, DELIVERED or DEAD_LETTERED; a de
 object also gives one ``DeadLetter`` on ``DEAD_LETTER_TAG``. No Braze or transport failure, and
 no unexpected error, raises out of ``process`` or a timer.
 
+A sync in shadow mode goes through the same ordering, and where a request would be sent, its
+body leaves on ``SHADOW_TAG`` instead (``transforms.shadow``): nothing is sent, no key is read.
+
 The API key lives only in the DoFn's per-sync state (``transforms.sink_state.SyncState``, built
 in ``setup()`` and never pickled) and the client's session headers: it is never logged, never put
 in a metric name, a dead letter or an outcome.
@@ -54,13 +57,15 @@ from transforms.inflight import InFlight
 from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
     split_expired
 from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, Request, \
-    utc_now_iso
+    ShadowRequest, utc_now_iso
 from transforms.secrets import is_reference, resolve_api_key
 from transforms.sending import AFTER_AMBIGUOUS_RETRY, API_KEY_UNAVAILABLE, RequestSender, Sent
+from transforms.shadow import SHADOW_TAG, ShadowCounters, shadow_outputs
 from transforms.sink_state import METRICS_NAMESPACE, Failure, RecordedMetrics, SyncState, Tally
 
-__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "STAGE", "METRICS_NAMESPACE", "RETRIES_EXHAUSTED",
-           "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE", "UNKNOWN_SYNC"]
+__all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STAGE", "METRICS_NAMESPACE",
+           "RETRIES_EXHAUSTED", "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE",
+           "UNKNOWN_SYNC"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -83,8 +88,11 @@ class WriteToBraze(beam.PTransform):
 
     Input: PCollection of ``(key, Request)``; a request's objects all belong to one sync and are
     already sized for Braze (≤ 75 objects, ≤ 4 MB). Output: a DoOutputsTuple whose main output
-    (also reachable as ``OUTCOMES_TAG``) holds ``Outcome`` records and whose ``DEAD_LETTER_TAG``
-    ("dead_letters") output holds ``DeadLetter`` records.
+    (also reachable as ``OUTCOMES_TAG``) holds ``Outcome`` records, whose ``DEAD_LETTER_TAG``
+    ("dead_letters") output holds ``DeadLetter`` records, and whose ``SHADOW_TAG`` ("shadow")
+    output holds a ``ShadowRequest`` for each request of a sync in shadow mode, which is not sent
+    (the output exists, empty, when no sync is in shadow mode, so the graph keeps its shape when a
+    sync changes mode).
 
     Args:
       syncs: the ``pipeline.config.Sync`` entries the requests may name; each needs a name, an
@@ -139,9 +147,10 @@ class WriteToBraze(beam.PTransform):
     def expand(self, requests):
         sent = requests | "SendInOrder" >> beam.ParDo(
             _BrazeSinkDoFn(self._syncs, self._params, self._resolve_key, self._sleep, self._clock)
-        ).with_outputs(DEAD_LETTER_TAG, main=OUTCOMES_TAG)
+        ).with_outputs(DEAD_LETTER_TAG, SHADOW_TAG, main=OUTCOMES_TAG)
         typed(sent[OUTCOMES_TAG], Outcome)
         typed(sent[DEAD_LETTER_TAG], DeadLetter)
+        typed(sent[SHADOW_TAG], ShadowRequest)
         return sent
 
 
@@ -237,6 +246,8 @@ class _BrazeSinkDoFn(beam.DoFn):
 
     def __init__(self, syncs: Sequence[Sync], params: _Params, resolve_key, sleep, clock):
         self._syncs = tuple(syncs)
+        self._shadow = frozenset(s.name for s in self._syncs if s.shadow)
+        self._shadow_counters = ShadowCounters()
         self._params = params
         self._resolve_key = resolve_key
         self._sleep = sleep
@@ -552,7 +563,11 @@ class _BrazeSinkDoFn(beam.DoFn):
     def _send_all(self, requests: List[Request], attempts: int, seconds: float,
                   first_ambiguous: bool = False, first_retrying: bool = False, throttle: bool = True) -> "_Outcome":
         """Send requests in order; stop starting new ones once one must be held. Returns the
-        outputs of what settled and the held requests (in order) with the first one's ``Sent``."""
+        outputs of what settled and the held requests (in order) with the first one's ``Sent``.
+        The requests share a batch key, so a sync: in shadow mode none is sent, each becomes its
+        ``ShadowRequest`` (whatever path brought it here: arrival, a hold's retry, the end)."""
+        if requests and requests[0].items and requests[0].items[0].sync in self._shadow:
+            return _Outcome([out for r in requests for out in shadow_outputs(r, self._shadow_counters)], [], None)
         if self._pool is None or len(requests) == 1:
             sents = []
             for i, request in enumerate(requests):
