@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock test demo bench replay cohort-demo metadata bootstrap template launch clean cohort-metadata \
+.PHONY: install lock test test-fast demo bench replay cohort-demo metadata bootstrap template launch clean cohort-metadata \
         template-cohorts launch-cohorts schedule
 
 # Installs from the lock (requirements-dev.txt = requirements.txt, which the image installs,
@@ -32,6 +32,11 @@ lock:
 # Braze simulator themselves and stop them afterwards.
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The quick loop while changing code: unit and pipeline tests, no emulator, no end-to-end runs
+# (under two minutes). `make test` stays the full suite, which CI runs.
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" tests
 
 # The streaming job on the local default: emulator + simulator + BundleBasedDirectRunner.
 # ARGS="--events 500" changes the sample; job options go after --: ARGS="-- --braze_max_in_flight=4".
