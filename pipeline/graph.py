@@ -1,18 +1,17 @@
 """The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
 
-    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track batches ─────────────────────┐
-                                                         ├─ identify work → IdentifyUsers ─────┴→ PackRequests
-                                                         │                                        → WriteToBraze ─┐
-    replayed Braze objects (--replay_subscription) ──────┼─────────────────────────────────────┘  (its progress) │
-                                                         └─ devices → DecideMerges → merge requests ──┴→ SendMerges
+    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track batches ────────────────┐
+                                                         ├─ identify work → IdentifyUsers ┼→ PackRequests → WriteToBraze
+    replayed Braze objects (--replay_subscription) ──────┼────────────────────────────────┘                   │ progress
+                                                         └─ devices → DecideMerges ─ merge requests → SendMerges ←┘
     outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
     dead letters:  every stage's failures + objects Braze did not take + merges Braze did not take
 
 The merge branch (syncs with ``identifier.anonymous``) is always in the graph, idle when no sync
 uses it, so turning the option on or off never adds or removes a stateful step (an ``--update``
-keeps working). ``SendMerges`` also reads the track sink's outcomes, turned into
-nothing: its watermark then trails the track sink's, and it sends a merge only once the
-track sink has passed the merge's time (``transforms.identify_sink``).
+keeps working). ``SendMerges`` also reads the track sink's outcomes, turned into nothing
+(``progress``): its watermark then trails the track sink's, and it sends a merge only once
+the track sink has passed the merge's time (``transforms.identify_sink``).
 
 The stateful steps, with their state, keys and order guarantees, are described in
 docs/architecture.md. Their names are part of the job's update contract (``--update`` matches

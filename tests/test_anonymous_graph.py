@@ -18,6 +18,8 @@ from apache_beam.transforms.window import TimestampedValue
 from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
+from transforms.device_merge import DecideMerges
+from transforms.records import DeviceSighting
 
 COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
 LABEL = "amp_device"
@@ -243,3 +245,32 @@ def test_without_the_option_anonymous_events_are_still_skipped_and_nothing_is_me
     assert skipped == {("track", "missing_identifier"), ("identify", "missing_identifier"),
                        ("identify", "no_selected_property")}  # the sign-in carries no plan
     assert_every_event_accounted_once(published.count)
+
+
+# --- the merge step alone: its state is bounded by the TTL
+
+
+def _decide(stream, ttl_seconds):
+    COLLECTED.clear()
+    options = PipelineOptions([], runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        out = p | stream | DecideMerges(_syncs("http://127.0.0.1:1"), settle_seconds=SETTLE,
+                                        ttl_seconds=ttl_seconds, clock=_zero_clock)
+        out.requests | "CollectRequests" >> beam.Map(_collect, "requests")
+
+
+def _sightings(at, user):
+    return [TimestampedValue(("ext|d1", DeviceSighting(f"m{at}/0", None)), at),
+            TimestampedValue(("ext|d1", DeviceSighting(f"m{at + 1}/0", user)), at + 1)]
+
+
+@pytest.mark.parametrize("idle_seconds, requests", [(30, 1), (90, 2)])
+def test_a_devices_state_expires_after_the_ttl_and_then_it_may_be_merged_again(idle_seconds, requests):
+    stream = (test_stream.TestStream().add_elements(_sightings(100, "u1")).advance_watermark_to(200)
+              .advance_processing_time(idle_seconds)
+              .add_elements(_sightings(300, "u1")).advance_watermark_to(400).advance_watermark_to_infinity())
+    _decide(stream, ttl_seconds=60)
+    merges = [(sync, r.external_id, r.alias_name) for sync, r in COLLECTED["requests"]]
+    assert merges == [("ext", "u1", "d1")] * requests
+    assert COLLECTED["requests"][0][1].sources == ("m101/0",)  # the event that named the user

@@ -129,11 +129,13 @@ def test_amplitude_top_level_fields_as_standard_attributes_and_event_properties(
 @pytest.mark.integration
 def test_renamed_attributes_follow_the_identify_operations_to_the_profile(braze_sim):
     syncs = _sync(braze_sim.url, users={"properties": ["plan"], "mappings": [
-        {"from": "user_properties.Email Address", "to": "email"}, {"from": "user_properties.Visits", "to": "visit_count"},
+        {"from": "user_properties.Email Address", "to": "email"},
+        {"from": "user_properties.Visits", "to": "visit_count"},
         {"from": "user_properties.Interests", "to": "interests"}, {"from": "city", "to": "home_city"}]})
     steps = [  # published a minute apart, each applied in its own flush
         {"user_properties": {"plan": "free", "Email Address": "  Ada@Example.com", "Visits": 1}, "city": "München"},
-        {"user_properties": {"$set": {"plan": "pro"}, "$add": {"Visits": 2}, "$append": {"Interests": ["jazz", "rock"]}}},
+        {"user_properties": {"$set": {"plan": "pro"}, "$add": {"Visits": 2},
+                             "$append": {"Interests": ["jazz", "rock"]}}},
         {"user_properties": {"$setOnce": {"Email Address": "other@example.com"}, "$remove": {"Interests": "rock"}}},
         {"user_properties": {"$unset": {"Email Address": "-"}, "$prepend": {"Interests": "folk"}}, "city": "Berlin"},
     ]

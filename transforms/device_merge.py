@@ -45,7 +45,7 @@ from transforms.anonymous import DEFAULT_SETTLE_SECONDS, on_event, on_timer as m
 from transforms.coders import STATE_CODER, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.identify import DEFAULT_TTL_SECONDS, EXPIRY_SLACK
-from transforms.records import BRAZE_OBJECT, DeadLetter, DeviceSighting, MergeRequest, utc_now_iso
+from transforms.records import BRAZE_OBJECT, DeadLetter, MergeRequest, utc_now_iso
 
 __all__ = ["STAGE", "DEAD_LETTER_TAG", "DecideMerges", "alias_labels"]
 
