@@ -105,8 +105,7 @@ class EventsToBraze(beam.PTransform):
             outage_budget_seconds=outage_budget_seconds, hold_backoff_cap_seconds=hold_backoff_cap_seconds,
             max_in_flight=max_in_flight, resolve_key=resolve_key, sleep=sleep, clock=clock,
         )
-        self._merge = dict(settle_seconds=anonymous_settle_seconds, ttl_seconds=user_state_ttl_days * 86400.0,
-                           clock=clock)
+        self._merge = dict(settle_seconds=anonymous_settle_seconds, ttl_seconds=user_state_ttl_days * 86400.0)
         self._identify_calls = {k: v for k, v in self._write.items() if k != "max_in_flight"}
 
     def expand(self, messages):

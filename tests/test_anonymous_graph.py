@@ -256,7 +256,7 @@ def _decide(stream, ttl_seconds):
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=options) as p:
         out = p | stream | DecideMerges(_syncs("http://127.0.0.1:1"), settle_seconds=SETTLE,
-                                        ttl_seconds=ttl_seconds, clock=_zero_clock)
+                                        ttl_seconds=ttl_seconds)
         out.requests | "CollectRequests" >> beam.Map(_collect, "requests")
 
 
@@ -265,12 +265,12 @@ def _sightings(at, user):
             TimestampedValue(("ext|d1", DeviceSighting(f"m{at + 1}/0", user)), at + 1)]
 
 
-@pytest.mark.parametrize("idle_seconds, requests", [(30, 1), (90, 2)])
-def test_a_devices_state_expires_after_the_ttl_and_then_it_may_be_merged_again(idle_seconds, requests):
-    stream = (test_stream.TestStream().add_elements(_sightings(100, "u1")).advance_watermark_to(200)
-              .advance_processing_time(idle_seconds)
+@pytest.mark.parametrize("ttl_seconds, requests", [(1000, 1), (100, 2)])
+def test_a_devices_state_expires_after_the_ttl_and_then_it_may_be_merged_again(ttl_seconds, requests):
+    # Seen at 100-101 s, merged at 106 s, seen again at 300-301 s (by publish time).
+    stream = (test_stream.TestStream().add_elements(_sightings(100, "u1")).advance_watermark_to(250)
               .add_elements(_sightings(300, "u1")).advance_watermark_to(400).advance_watermark_to_infinity())
-    _decide(stream, ttl_seconds=60)
+    _decide(stream, ttl_seconds=ttl_seconds)
     merges = [(sync, r.external_id, r.alias_name) for sync, r in COLLECTED["requests"]]
     assert merges == [("ext", "u1", "d1")] * requests
     assert COLLECTED["requests"][0][1].sources == ("m101/0",)  # the event that named the user

@@ -20,8 +20,12 @@ asked to merge it (Braze silently drops an identify whose alias does not exist y
 State per key, read once per sighting and written only when it changes: ``{"u": first user,
 "a": last anonymous time, "s": 1 once requested, "src": the source of the event that named the
 user, "e": expiry}`` (about 100 bytes). It expires ``ttl_seconds`` (``--user_state_ttl_days``)
-after the device was last seen, on a processing-time timer as identify's users do, moved only
-when that moves it by over 1%. Once requested, a device's sightings only read the state.
+after the device was last seen, by publish time, moved only when that moves it by over 1%.
+
+Both timers are watermark timers on purpose. A processing-time timer holds the step's output
+watermark at the time of the element that set it until it fires (Beam's Fn API sets its hold
+to the element's timestamp): a 30-day expiry would hold back the identify sink, which waits for
+the watermark, for 30 days. A watermark timer holds at its own, future, time.
 
 Failures: a sighting or a wake-up that fails unexpectedly becomes a dead letter (stage
 ``anonymous``, reason ``internal_error``) holding the device's key and state; the event itself
@@ -29,7 +33,6 @@ stays accounted for by its own branches (route sends its objects either way).
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, Tuple
 
 import apache_beam as beam
@@ -38,6 +41,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
@@ -52,6 +56,7 @@ __all__ = ["STAGE", "DEAD_LETTER_TAG", "DecideMerges", "alias_labels"]
 STAGE = "anonymous"
 DEAD_LETTER_TAG = "dead_letters"
 METRICS_NAMESPACE = "merge"
+_LAST_SECONDS = GlobalWindow().max_timestamp().micros / 1e6
 
 
 def alias_labels(syncs) -> Dict[str, str]:
@@ -90,13 +95,12 @@ class _DecideMergesDoFn(beam.DoFn):
 
     DEVICE = ReadModifyWriteStateSpec("device", STATE_CODER)
     MERGE = TimerSpec("merge", TimeDomain.WATERMARK)
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    def __init__(self, labels: Dict[str, str], settle_seconds: float, ttl_seconds: float, clock):
+    def __init__(self, labels: Dict[str, str], settle_seconds: float, ttl_seconds: float):
         self._labels = dict(labels)
         self._settle = float(settle_seconds)
         self._ttl = float(ttl_seconds)
-        self._clock = clock
         self._requested: Dict[str, object] = {}
         self._expired = Metrics.counter(METRICS_NAMESPACE, "devices_expired")
 
@@ -106,11 +110,12 @@ class _DecideMergesDoFn(beam.DoFn):
         _, sighting = element
         cell = JsonValue(device)
         stored = cell.read()
-        step = on_event(stored, sighting.user, timestamp.micros / 1e6, self._settle)
+        now = timestamp.micros / 1e6
+        step = on_event(stored, sighting.user, now, self._settle)
         state = step.state
         if sighting.user is not None and state.get("u") == sighting.user and "src" not in state:
             state["src"] = sighting.source
-        deadline = self._clock() + self._ttl
+        deadline = min(now + self._ttl, _LAST_SECONDS)
         expires = state.get("e")
         if not isinstance(expires, (int, float)) or deadline - expires > self._ttl * EXPIRY_SLACK:
             expiry.set(Timestamp.of(deadline))
@@ -150,8 +155,8 @@ class _DecideMergesDoFn(beam.DoFn):
 
     @on_timer(EXPIRY)
     def expire(self, device=beam.DoFn.StateParam(DEVICE)):
-        # A merge still pending keeps the state: its timer needs it. That happens when the
-        # input ends (a bounded run, a drain), where processing-time timers fire at once.
+        # A merge still pending keeps the state: its timer needs it (the expiry comes after the
+        # merge's time, so this happens only if both fire at once, as when the input ends).
         if pending_merge(JsonValue(device).read()):
             return
         device.clear()
@@ -171,12 +176,11 @@ class DecideMerges(beam.PTransform):
     Args:
       syncs: the enabled syncs; those without ``identifier.anonymous`` send nothing here.
       settle_seconds: how long after a device's last anonymous event its merge is asked for.
-      ttl_seconds: how long after a device was last seen its state is kept.
-      clock: epoch seconds, for the expiry (injectable: TestStream's processing time starts at 0).
+      ttl_seconds: how long after a device was last seen (by publish time) its state is kept.
     """
 
     def __init__(self, syncs: Tuple[Sync, ...], settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-                 ttl_seconds: float = DEFAULT_TTL_SECONDS, clock=time.time):
+                 ttl_seconds: float = DEFAULT_TTL_SECONDS):
         super().__init__()
         for name, value in (("settle_seconds", settle_seconds), ("ttl_seconds", ttl_seconds)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -186,11 +190,10 @@ class DecideMerges(beam.PTransform):
         self._labels = alias_labels(syncs)
         self._settle = settle_seconds
         self._ttl = ttl_seconds
-        self._clock = clock
 
     def expand(self, sightings):
         decided = sightings | "PerDevice" >> beam.ParDo(
-            _DecideMergesDoFn(self._labels, self._settle, self._ttl, self._clock)
+            _DecideMergesDoFn(self._labels, self._settle, self._ttl)
         ).with_outputs(DEAD_LETTER_TAG, main="requests")
         typed(decided.requests, Tuple[str, MergeRequest])
         typed(decided[DEAD_LETTER_TAG], DeadLetter)

@@ -8,8 +8,12 @@ that signs in, far fewer than ``/users/track`` requests).
 After the /users/track sink. The graph feeds this step, beside the requests, the track sink's
 outcomes turned into nothing (``pipeline.graph``): this step's watermark then trails the track
 sink's, and a request waits in state (``pending``) until the watermark has passed its time, so
-the alias profile's objects, stamped earlier, have been sent to Braze first. Requests that are
-due together leave together, 50 to a body.
+the alias profile's objects, stamped earlier, have been sent to Braze first. That holds where
+timers hold the watermark, as Beam's Fn API has processing-time timers do at the time of the
+element that set them: the packer's batch wait and the track sink's retries through an outage
+then hold this step back too (the FnApiRunner does; Dataflow should, by the same API). The
+local streaming runner keeps no such holds, and only the settle time keeps the order there.
+Requests that are due together leave together, 50 to a body.
 
 Outages, as the track sink (``transforms.sink``, ``transforms.outage``): a call that still fails
 after a few quick retries (5xx, 429, timeouts) parks its requests in the key's state, and a
@@ -19,7 +23,7 @@ requests that come due meanwhile queue behind them. Requests held longer than
 bounded input or a drain, what is held gets a last round within ``max_attempts`` /
 ``max_retry_seconds``, then ``retries_exhausted``.
 
-Every request ends once: sent (counted ``merge.<sync>.sent``, and emitted on the main output),
+Every request ends once: sent (counted ``merge.<sync>.sent``, and emitted on tag ``sent``),
 or a ``DeadLetter`` with stage ``identify``, a reason and what to do, whose data is a
 ``/users/identify`` body with that one entry (kind ``aliases_to_identify``): once the cause is
 fixed, POST it to the sync's endpoint. (``pipeline.replay`` leaves these letters in place: the
