@@ -6,7 +6,8 @@ alias_label: L}}`` a sync sends such events to the alias profile ``{alias_name: 
 alias_label: L}`` (created, ``_update_existing_only: false``), and asks Braze's
 ``/users/identify`` to merge that profile into the user's external_id profile once the
 device shows a ``user_id``. This module decides when, builds the request bodies and reads
-the answers; a stateful DoFn keyed by ``anonymous_key(sync, device)`` calls it.
+the answers; ``transforms.device_merge`` (keyed by ``anonymous_key(sync, device)``) calls it, and
+``transforms.identify_sink`` sends the requests.
 
 What Braze does (reference braze-api.md §4.2, which this follows):
 
