@@ -28,13 +28,14 @@ from pipeline.config import Sync
 from transforms.batching import PackRequests
 from transforms.coders import typed
 from transforms.dedup import DropRepeats
+from transforms.anonymous import DEFAULT_SETTLE_SECONDS
 from transforms.device_merge import DEAD_LETTER_TAG as MERGE_DEAD_LETTERS
 from transforms.device_merge import DecideMerges
-from transforms.identify_sink import DEAD_LETTER_TAG as IDENTIFY_CALL_DEAD_LETTERS
-from transforms.identify_sink import SendMerges
 from transforms.identify import DEAD_LETTER_TAG as IDENTIFY_DEAD_LETTERS
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
 from transforms.identify import IdentifyDoFn
+from transforms.identify_sink import DEAD_LETTER_TAG as IDENTIFY_CALL_DEAD_LETTERS
+from transforms.identify_sink import SendMerges
 from transforms.mappings import UserMappings
 from transforms.parse import ParseEvents
 from transforms.records import NO_PREDECESSOR, DeadLetter, MergeRequest, Outcome, ParsedEvent, UserBatch
@@ -47,7 +48,6 @@ from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, Writ
 
 DEFAULT_LATENESS_SECONDS = 2.0
 DEFAULT_MAX_ARRAY_LENGTH = 25
-DEFAULT_SETTLE_SECONDS = 60.0
 
 
 def _nothing(outcome):

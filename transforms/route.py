@@ -43,10 +43,10 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
+from transforms.anonymous import AnonymousRouting, anonymous_key, anonymous_user_key
 from transforms.coders import typed
 from transforms.filters import compile_selectors
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
-from transforms.anonymous import AnonymousRouting, anonymous_key, anonymous_user_key
 from transforms.identifiers import IdentifierMapper
 from transforms.identify import identify_key
 from transforms.mappings import EventMappings, UserMappings
