@@ -76,3 +76,26 @@ def test_an_anonymous_user_who_signs_in_ends_as_one_profile_through_pubsub(pubsu
             assert set(run.reconciler.parts(source)) == {("us", "track"), ("us", "identify")}
         assert run.dead_letters == []
         assert run.keys_in(run.log_text()) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_merge_is_held_through_a_braze_outage_and_sent_when_braze_answers(pubsub_emulator):
+    settle = 20  # time to start the outage after the alias profile is delivered, before the merge
+    args = ["--max_batch_wait_seconds=1", "--reorder_lateness_seconds=1", f"--anonymous_settle_seconds={settle}"]
+    with JobOnLocalStack(SYNCS, emulator=pubsub_emulator, job_args=args) as run:
+        run.publish([event(1, "App Opened", "d1"), event(2, "Signed In", "d1", user="u1")])
+        assert run.drain(deadline_seconds=120)["pending"] == 0, run.log_tail()
+        assert identify_calls(run) == []  # not due yet
+        run.client.set_faults(error_rate=1.0, error_statuses=[503])  # Braze fails every request
+        run.client.wait_for(lambda c: len(identify_calls(run)) >= 3, timeout_seconds=settle + 60)
+        run.client.clear_faults()  # Braze answers again: the held merge goes on its next retry
+        run.client.wait_for(lambda c: any(r["status"] == 201 for r in identify_calls(run)), timeout_seconds=60)
+
+        statuses = [r["status"] for r in identify_calls(run)]
+        assert statuses[-1] == 201 and set(statuses[:-1]) == {503} and len(statuses) >= 4
+        [profile] = run.client.users()
+        assert profile["external_id"] == "u1" and sorted(e["name"] for e in profile["events"]) == [
+            "App Opened", "Signed In"]
+        assert run.dead_letters == [] and run.keys_in(run.log_text()) == []
+        assert b"holding 1 merge requests" in run.log_text()
