@@ -1,12 +1,18 @@
 """The event-streaming graph, without its Pub/Sub ends, so tests can feed it directly.
 
-    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track batches ─────────────────────┐
-                                                         └─ identify work → IdentifyUsers ─────┴→ PackRequests
-                                                                                                  → WriteToBraze
-    replayed Braze objects (--replay_subscription) ────────────────────────────────────────────┘
+    messages → ParseEvents → DropRepeats → RouteToSyncs ─┬─ track batches ────────────────┐
+                                                         ├─ identify work → IdentifyUsers ┼→ PackRequests → WriteToBraze
+    replayed Braze objects (--replay_subscription) ──────┼────────────────────────────────┘                   │ progress
+                                                         └─ devices → DecideMerges ─ merge requests → SendMerges ←┘
     outcomes:      parse failures + repeats + skips by rule + what the sink delivered or dead-lettered
-    dead letters:  every stage's failures + objects Braze did not take
+    dead letters:  every stage's failures + objects Braze did not take + merges Braze did not take
     shadow:        the requests of syncs in shadow mode, built and not sent (transforms/shadow.py)
+
+The merge branch (syncs with ``identifier.anonymous``) is always in the graph, idle when no sync
+uses it, so turning the option on or off never adds or removes a stateful step (an ``--update``
+keeps working). ``SendMerges`` also reads the track sink's outcomes, turned into nothing
+(``progress``): its watermark then trails the track sink's, and it sends a merge only once
+the track sink has passed the merge's time (``transforms.identify_sink``).
 
 The stateful steps, with their state, keys and order guarantees, are described in
 docs/architecture.md. Their names are part of the job's update contract (``--update`` matches
@@ -23,20 +29,32 @@ from pipeline.config import Sync
 from transforms.batching import PackRequests
 from transforms.coders import typed
 from transforms.dedup import DropRepeats
+from transforms.anonymous import DEFAULT_SETTLE_SECONDS
+from transforms.device_merge import DEAD_LETTER_TAG as MERGE_DEAD_LETTERS
+from transforms.device_merge import DecideMerges
 from transforms.identify import DEAD_LETTER_TAG as IDENTIFY_DEAD_LETTERS
 from transforms.identify import OUTCOME_TAG as IDENTIFY_OUTCOMES
 from transforms.identify import IdentifyDoFn
+from transforms.identify_sink import DEAD_LETTER_TAG as IDENTIFY_CALL_DEAD_LETTERS
+from transforms.identify_sink import SendMerges
+from transforms.mappings import UserMappings
 from transforms.parse import ParseEvents
-from transforms.records import NO_PREDECESSOR, DeadLetter, Outcome, ParsedEvent, ShadowRequest, UserBatch
+from transforms.records import NO_PREDECESSOR, DeadLetter, MergeRequest, Outcome, ParsedEvent, ShadowRequest, \
+    UserBatch
 from transforms.replay import DEAD_LETTER_TAG as REPLAY_DEAD_LETTERS
 from transforms.replay import OUTCOME_TAG as REPLAY_OUTCOMES
 from transforms.replay import ReadReplayedObjects
-from transforms.route import RouteToSyncs
+from transforms.route import ANONYMOUS_TAG, RouteToSyncs
 from transforms.secrets import resolve_api_key
 from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, SHADOW_TAG, WriteToBraze
 
 DEFAULT_LATENESS_SECONDS = 2.0
 DEFAULT_MAX_ARRAY_LENGTH = 25
+
+
+def _nothing(outcome):
+    """The track sink's outcomes, as nothing: only their watermark reaches the identify sink."""
+    return ()
 
 
 class EventsToBraze(beam.PTransform):
@@ -64,6 +82,7 @@ class EventsToBraze(beam.PTransform):
         user_state_ttl_days: float = 30.0,
         lateness_seconds: float = DEFAULT_LATENESS_SECONDS,
         max_array_length: Optional[int] = DEFAULT_MAX_ARRAY_LENGTH,
+        anonymous_settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         replayed_messages=None,
         all_syncs: Optional[Tuple[Sync, ...]] = None,
         resolve_key: Callable[[str], str] = resolve_api_key,
@@ -90,6 +109,8 @@ class EventsToBraze(beam.PTransform):
             outage_budget_seconds=outage_budget_seconds, hold_backoff_cap_seconds=hold_backoff_cap_seconds,
             max_in_flight=max_in_flight, resolve_key=resolve_key, sleep=sleep, clock=clock,
         )
+        self._merge = dict(settle_seconds=anonymous_settle_seconds, ttl_seconds=user_state_ttl_days * 86400.0)
+        self._identify_calls = {k: v for k, v in self._write.items() if k != "max_in_flight"}
 
     def expand(self, messages):
         parsed = messages | "ParseEvents" >> ParseEvents()
@@ -103,7 +124,8 @@ class EventsToBraze(beam.PTransform):
         routed = events | "RouteToSyncs" >> RouteToSyncs(self._syncs)
         outcomes.append(routed.outcomes)
         dead_letters.append(routed.dead_letters)
-        selected = {s.name: s.users.properties for s in self._syncs}
+        # Identify keeps state for every Braze name a sync's mappings can write.
+        selected = {s.name: UserMappings.from_settings(s.users).targets for s in self._syncs}
         identified = routed.identify | "IdentifyUsers" >> beam.ParDo(
             IdentifyDoFn(selected, **self._identify)).with_outputs(IDENTIFY_OUTCOMES, IDENTIFY_DEAD_LETTERS,
                                                                    main="batches")
@@ -123,6 +145,14 @@ class EventsToBraze(beam.PTransform):
         written = packed.requests | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
         outcomes.append(written.outcomes)
         dead_letters.append(written[DEAD_LETTER_TAG])
+
+        merges = routed[ANONYMOUS_TAG] | "DecideMerges" >> DecideMerges(self._syncs, **self._merge)
+        dead_letters.append(merges[MERGE_DEAD_LETTERS])
+        track_progress = written.outcomes | "TrackSinkProgress" >> beam.FlatMap(_nothing).with_output_types(
+            Tuple[str, MergeRequest])
+        calls = ((merges.requests, track_progress) | "MergeRequestsAfterTrack" >> beam.Flatten()
+                 | "SendMerges" >> SendMerges(self._syncs, **self._identify_calls))
+        dead_letters.append(calls[IDENTIFY_CALL_DEAD_LETTERS])
         return {
             "outcomes": typed(tuple(outcomes) | "AllOutcomes" >> beam.Flatten(), Outcome),
             "dead_letters": typed(tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten(), DeadLetter),

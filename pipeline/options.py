@@ -102,6 +102,14 @@ class StreamOptions(PipelineOptions):
             "(Pub/Sub keeps none) are applied in event-time order. Adds this much latency to "
             "attribute updates; 0 applies each as it arrives.",
         )
+        state.add_argument(
+            "--anonymous_settle_seconds",
+            type=float,
+            default=60.0,
+            help="For syncs with identifier.anonymous: how long after a device's last anonymous event "
+            "(by publish time) the job asks Braze's /users/identify to merge the device's alias "
+            "profile into its user's profile, so the alias profile exists in Braze by then.",
+        )
         braze = parser.add_argument_group("braze delivery")
         braze.add_argument(
             "--braze_batch_limit_mode",
@@ -209,6 +217,8 @@ def check_stream_options(options: StreamOptions) -> list:
                         f"{options.replay_subscription!r}")
     if options.reorder_lateness_seconds < 0:
         problems.append("--reorder_lateness_seconds must be >= 0")
+    if not options.anonymous_settle_seconds >= 0:
+        problems.append("--anonymous_settle_seconds must be >= 0")
     try:
         parse_duration(options.braze_outage_budget)
     except ValueError as e:

@@ -75,6 +75,7 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
             dedup_window_seconds=opts.dedup_window_minutes * 60.0,
             user_state_ttl_days=opts.user_state_ttl_days,
             lateness_seconds=opts.reorder_lateness_seconds,
+            anonymous_settle_seconds=opts.anonymous_settle_seconds,
             max_array_length=opts.braze_max_array_length,
         )
     )

@@ -52,6 +52,7 @@ LABELS: Dict[str, str] = {
     "braze_outage_budget": "Braze outage budget (e.g. 4h)",
     "braze_max_backoff_seconds": "Longest wait between retries in an outage (seconds)",
     "braze_max_array_length": "Values kept per array attribute",
+    "anonymous_settle_seconds": "Wait before merging an anonymous device (seconds)",
 }
 
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"

@@ -1,4 +1,5 @@
-"""Fan-out per sync: identifier mapping, selection, and a skip reason for everything not sent."""
+"""Fan-out per sync: identifier mapping, selection, mappings, anonymous devices, and a skip reason
+for everything not sent."""
 import pytest
 from apache_beam import pvalue
 
@@ -15,7 +16,7 @@ def route(sync_doc, event):
     fn = _RouteDoFn((sync,))
     fn.setup()
     event = {"event_properties": {}, "user_properties": {}, **event}
-    out = {"track": [], "identify": [], "outcomes": []}
+    out = {"track": [], "identify": [], "outcomes": [], "anonymous": []}
     for element in fn.process(ParsedEvent("m/0", 5, "i", 1_700_000_000_000, event)):
         if isinstance(element, pvalue.TaggedOutput):
             out[element.tag].append(element.value)
@@ -122,3 +123,72 @@ def test_identifier_mapping(identifier, update_only, event, expected):
 @pytest.mark.parametrize("value", [None, "", True, {"a": 1}, [1]])
 def test_unusable_identifier_values_mean_no_user(value):
     assert IdentifierMapper(Identifier(), False).user_key({"user_id": value}) is None
+
+
+# --- mappings: any Amplitude field under any Braze name, standard attributes in Braze's format
+
+
+MAPPED = {"events": {"select": [{"event_type": "*"}], "properties": ["total"],
+                     "mappings": [{"from": "platform", "to": "platform"},
+                                  {"from": "event_properties.Order Total", "to": "order_total"}]},
+          "users": {"properties": ["plan", "country"],
+                    "mappings": [{"from": "user_properties.Email Address", "to": "email"},
+                                 {"from": "city", "to": "home_city"}]}}
+
+
+def test_mapped_fields_reach_identify_under_their_braze_names_in_brazes_format():
+    out = route(MAPPED, {"event_type": "Buy", "user_id": "u-1", "city": "Oslo",
+                         "user_properties": {"plan": "pro", "country": "United States",
+                                             "Email Address": " Ada@Example.COM "}})
+    [(_, (_, _, _, _, updates, _))] = out["identify"]
+    assert sorted(updates) == [("$set", "country", "US"), ("$set", "email", "ada@example.com"),
+                               ("$set", "home_city", "Oslo"), ("$set", "plan", "pro")]
+
+
+def test_event_mappings_add_any_field_as_an_event_property():
+    out = route(MAPPED, {"event_type": "Buy", "user_id": "u-1", "platform": "iOS",
+                         "event_properties": {"total": 3, "Order Total": 9.5, "other": 1}})
+    [item] = out["track"]
+    assert item.obj["properties"] == {"total": 3, "platform": "iOS", "order_total": 9.5}
+
+
+def test_a_value_that_cannot_be_made_valid_is_left_out_and_alone_it_is_the_skip_reason():
+    out = route(MAPPED, {"event_type": "Buy", "user_id": "u-1",
+                         "user_properties": {"$set": {"Email Address": "not an email", "plan": "pro"}}})
+    [(_, (_, _, _, _, updates, _))] = out["identify"]
+    assert updates == (("$set", "plan", "pro"),)  # the email is left out, the rest goes
+    out = route(MAPPED, {"event_type": "Buy", "user_id": "u-1", "user_properties": {"country": "Narnia"}})
+    assert out["identify"] == []
+    assert ("identify", "unknown_country") in [(o.branch, o.reason) for o in out["outcomes"]]
+
+
+# --- anonymous users: the device's alias profile, and what the merge step hears
+
+
+ANONYMOUS = {"identifier": {"anonymous": {"source": "device_id", "alias_label": "amp_device"}}, **EVERYTHING}
+ALIAS_FIELDS = {"user_alias": {"alias_name": "d-1", "alias_label": "amp_device"}, "_update_existing_only": False}
+
+
+def test_an_event_without_a_user_id_goes_to_the_devices_alias_profile_and_is_reported():
+    out = route(ANONYMOUS, {"event_type": "Buy", "device_id": "d-1", "user_properties": {"plan": "free"},
+                            "event_properties": {"total": 2}})
+    [(key, (source, _, _, fields, updates, [item]))] = out["identify"]
+    assert fields == ALIAS_FIELDS and item.obj["user_alias"] == ALIAS_FIELDS["user_alias"]
+    assert key == "s|\x00device:d-1" and item.user_key == "\x00device:d-1"  # never an external id's key
+    assert [(k, s.user) for k, s in out["anonymous"]] == [("s|d-1", None)]
+    assert [o.reason for o in out["outcomes"]] == []
+
+
+def test_an_identified_event_names_its_user_to_the_merge_step():
+    out = route(ANONYMOUS, {"event_type": "Buy", "user_id": "u-1", "device_id": "d-1"})
+    assert [item.obj["external_id"] for item in out["track"]] == ["u-1"]
+    assert [(k, s.source, s.user) for k, s in out["anonymous"]] == [("s|d-1", "m/0", "u-1")]
+
+
+def test_an_anonymous_event_that_sends_nothing_is_not_reported_and_a_sync_without_the_option_skips_it():
+    out = route({**ANONYMOUS, "events": {"select": [{"event_type": "Sell"}]}},
+                {"event_type": "Buy", "device_id": "d-1"})
+    assert (out["track"], out["identify"], out["anonymous"]) == ([], [], [])
+    out = route(EVERYTHING, {"event_type": "Buy", "device_id": "d-1", "user_properties": {"plan": "free"}})
+    assert out["anonymous"] == [] and out["identify"] == []
+    assert sorted(o.reason for o in out["outcomes"]) == ["missing_identifier", "missing_identifier"]

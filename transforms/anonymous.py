@@ -6,7 +6,8 @@ alias_label: L}}`` a sync sends such events to the alias profile ``{alias_name: 
 alias_label: L}`` (created, ``_update_existing_only: false``), and asks Braze's
 ``/users/identify`` to merge that profile into the user's external_id profile once the
 device shows a ``user_id``. This module decides when, builds the request bodies and reads
-the answers; a stateful DoFn keyed by ``anonymous_key(sync, device)`` calls it.
+the answers; ``transforms.device_merge`` (keyed by ``anonymous_key(sync, device)``) calls it, and
+``transforms.identify_sink`` sends the requests.
 
 What Braze does (reference braze-api.md §4.2, which this follows):
 
@@ -59,7 +60,8 @@ from transforms.identifiers import IdentifierMapper
 __all__ = [
     "IDENTIFY_PATH", "MAX_ALIASES_PER_IDENTIFY", "MAX_EXTERNAL_ID_BYTES", "DEFAULT_SETTLE_SECONDS",
     "EXTERNAL_ID_TOO_LARGE", "INVALID_IDENTIFY_REQUEST",
-    "IdentifyRequest", "Step", "AnonymousRouting", "anonymous_key", "on_event", "on_timer",
+    "ANONYMOUS_PREFIX", "IdentifyRequest", "Step", "AnonymousRouting", "anonymous_key", "anonymous_user_key",
+    "on_event", "on_timer",
     "identify_request_problem", "identify_bodies", "classify_identify",
 ]
 
@@ -96,6 +98,18 @@ class Step(NamedTuple):
 def anonymous_key(sync: str, device: str) -> str:
     """State key of one device in one sync (sync names cannot contain ``|``)."""
     return f"{sync}|{device}"
+
+
+# The user key (``BrazeItem.user_key``, and so the identify state and the packer's shard) of
+# a device's alias profile. It is also the identify-state key, so it must never be some
+# user's external id: external ids are Amplitude ids, and none begins with a NUL character
+# in practice (an id that did would share its state with the device of the same name).
+ANONYMOUS_PREFIX = "\x00device:"
+
+
+def anonymous_user_key(device: str) -> str:
+    """The user key of a device's alias profile (see ``ANONYMOUS_PREFIX``)."""
+    return ANONYMOUS_PREFIX + device
 
 
 class AnonymousRouting:

@@ -21,11 +21,12 @@ from apache_beam import coders
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from transforms.records import (
-    BrazeItem, DeadLetter, IdentifyWork, Outcome, ParsedEvent, Request, ShadowRequest, UserBatch,
+    BrazeItem, DeadLetter, DeviceSighting, IdentifyWork, MergeRequest, Outcome, ParsedEvent, Request, ShadowRequest,
+    UserBatch,
 )
 
 __all__ = ["JsonCoder", "RecordCoder", "DeadLetterCoder", "register", "typed", "ITEM", "WORK", "BATCH", "REQUEST",
-           "STATE_CODER", "JsonValue", "JsonBag"]
+           "MERGE", "STATE_CODER", "JsonValue", "JsonBag"]
 
 
 def _default(value):
@@ -77,10 +78,15 @@ def _request(f) -> Request:
     return Request(f[0], f[1], tuple(_item(i) for i in f[2]))
 
 
+def _merge(f) -> MergeRequest:
+    return MergeRequest(f[0], f[1], f[2], f[3], tuple(f[4]))
+
+
 ITEM: Callable[[list], BrazeItem] = _item
 WORK: Callable[[list], IdentifyWork] = _work
 BATCH: Callable[[list], UserBatch] = _batch
 REQUEST: Callable[[list], Request] = _request
+MERGE: Callable[[list], MergeRequest] = _merge
 
 
 class RecordCoder(coders.Coder):
@@ -181,6 +187,16 @@ class _ShadowRequestCoder(RecordCoder):
         super().__init__(ShadowRequest)
 
 
+class _DeviceSightingCoder(RecordCoder):
+    def __init__(self):
+        super().__init__(DeviceSighting)
+
+
+class _MergeRequestCoder(RecordCoder):
+    def __init__(self):
+        super().__init__(MergeRequest, _merge)
+
+
 _REGISTERED: Tuple[Tuple[type, type], ...] = (
     (ParsedEvent, _ParsedEventCoder),
     (BrazeItem, _BrazeItemCoder),
@@ -190,6 +206,8 @@ _REGISTERED: Tuple[Tuple[type, type], ...] = (
     (Outcome, _OutcomeCoder),
     (ShadowRequest, _ShadowRequestCoder),
     (DeadLetter, DeadLetterCoder),
+    (DeviceSighting, _DeviceSightingCoder),
+    (MergeRequest, _MergeRequestCoder),
 )
 
 

@@ -50,6 +50,7 @@ UNSUPPORTED_OPERATION = "unsupported_operation"
 _ABSOLUTE = frozenset(("$set", "$setOnce", "$unset"))
 _OPERATION_NAMES = frozenset(OPERATIONS)
 _USER_PROPERTIES = "user_properties."
+FORMAT_CACHE_SIZE = 10_000  # formatted standard-attribute texts remembered per sync and worker
 
 Update = Tuple[str, str, object]
 
@@ -88,6 +89,7 @@ class UserMappings:
         from_user_properties = [t for targets in self._by_property.values() for t in targets]
         self.targets = frozenset(from_user_properties) | frozenset(t for _, t in fields)
         self._formatters = {t: f for t in self.targets for f in (formatter_for(t),) if f is not None}
+        self._format_cache: Dict[Tuple[str, str], object] = {}
         # $clearAll goes through as one operation only where it means the same as in
         # selected_updates: every name is a user property's, and each one can be nulled.
         self._clear_all_names = tuple(sorted(from_user_properties))
@@ -103,28 +105,31 @@ class UserMappings:
         user_properties = event.get("user_properties")
         if not isinstance(user_properties, dict):
             user_properties = {}
-        raw: List[Update] = []
+        out: List[Update] = []
+        skipped: List[Tuple[str, str]] = []
         if "$clearAll" in user_properties:
             if self._compact_clear_all:
-                raw = [("$clearAll", "", None)] if self._clear_all_names else []
-                return MappedUpdates(raw, [])
-            raw = [("$unset", name, None) for name in self._clear_all_names]
+                return MappedUpdates([("$clearAll", "", None)] if self._clear_all_names else [], [])
             seen = set(self._clear_all_names)
+            for name in self._clear_all_names:
+                self._add("$unset", name, None, out, skipped)
         else:
             seen = set()
-            self._from_user_properties(user_properties, raw, seen)
+            self._from_user_properties(user_properties, out, seen, skipped)
         for get, target in self._fields:
             if target not in seen:
                 value = get(event)
                 if value is not MISSING and value is not None:
                     seen.add(target)
-                    raw.append(("$set", target, value))
-        return self._formatted(raw) if self._formatters else MappedUpdates(raw, [])
+                    self._add("$set", target, value, out, skipped)
+        return MappedUpdates(out, skipped)
 
-    def _from_user_properties(self, user_properties: dict, out: List[Update], seen: set) -> None:
-        # Per event and per sync: kept to dict look-ups, as selected_updates is.
+    def _from_user_properties(self, user_properties: dict, out: List[Update], seen: set, skipped: list) -> None:
+        # Per event and per sync: kept to dict look-ups, as selected_updates is; a standard
+        # attribute's value is formatted on the way (``_add``), other values go as they are.
         by_property = self._by_property
         nested = self._nested
+        formatted = self._formatters
         for key, operands in user_properties.items():
             if key[:1] == "$":
                 if key in _OPERATION_NAMES and isinstance(operands, dict):
@@ -134,51 +139,66 @@ class UserMappings:
                             for target in targets:
                                 if target not in seen:
                                     seen.add(target)
-                                    out.append((key, target, value))
+                                    if target in formatted:
+                                        self._add(key, target, value, out, skipped)
+                                    else:
+                                        out.append((key, target, value))
                     for get, target in nested:
                         if target not in seen:
                             value = get(operands)
                             if value is not MISSING:
                                 seen.add(target)
-                                out.append((key, target, value))
+                                self._add(key, target, value, out, skipped)
             elif operands is not None:
                 targets = by_property.get(key)
                 if targets is not None:
                     for target in targets:
                         if target not in seen:
                             seen.add(target)
-                            out.append(("$set", target, operands))
+                            if target in formatted:
+                                self._add("$set", target, operands, out, skipped)
+                            else:
+                                out.append(("$set", target, operands))
         for get, target in nested:  # a snapshot's nested objects
             if target not in seen:
                 value = get(user_properties)
                 if value is not MISSING and value is not None:
                     seen.add(target)
-                    out.append(("$set", target, value))
+                    self._add("$set", target, value, out, skipped)
 
-    def _formatted(self, raw: List[Update]) -> MappedUpdates:
-        updates, skipped = [], []
-        for op, target, value in raw:
-            formatter = self._formatters.get(target)
-            if formatter is None:
-                updates.append((op, target, value))
-            elif op not in _ABSOLUTE:
-                skipped.append((target, UNSUPPORTED_OPERATION))
-            else:
-                formatted = formatter(None if op == "$unset" else value)
-                if formatted.reason:
-                    skipped.append((target, formatted.reason))
-                else:
-                    updates.append((op, target, formatted.value))
-        return MappedUpdates(updates, skipped)
+    def _add(self, op: str, target: str, value, out: List[Update], skipped: list) -> None:
+        """One update; a standard attribute's value in Braze's format, or skipped with why."""
+        formatter = self._formatters.get(target)
+        if formatter is None:
+            out.append((op, target, value))
+            return
+        if op not in _ABSOLUTE:
+            skipped.append((target, UNSUPPORTED_OPERATION))
+            return
+        if op == "$unset":
+            value = None
+        # The same few countries, languages and genders come again and again: their
+        # formatting is remembered (text only, bounded), per worker.
+        key = (target, value) if type(value) is str else None
+        formatted = self._format_cache.get(key) if key is not None else None
+        if formatted is None:
+            formatted = formatter(value)
+            if key is not None:
+                if len(self._format_cache) >= FORMAT_CACHE_SIZE:
+                    self._format_cache.clear()
+                self._format_cache[key] = formatted
+        if formatted.reason:
+            skipped.append((target, formatted.reason))
+        else:
+            out.append((op, target, formatted.value))
 
 
 class EventMappings:
     """A sync's event properties and ``events.mappings``, compiled."""
 
     def __init__(self, properties: Sequence[str] = (), mappings: Sequence[FieldMapping] = ()):
-        getters: List[Tuple[Callable, str]] = [(_event_property(name), name) for name in properties]
-        getters += [(compile_path(m.source), m.target) for m in mappings]
-        self._getters = tuple(getters)
+        self._names = tuple(properties)  # read literally from event_properties, as selected_properties does
+        self._getters = tuple((compile_path(m.source), m.target) for m in mappings)
 
     @classmethod
     def from_settings(cls, events: EventSettings) -> "EventMappings":
@@ -187,21 +207,16 @@ class EventMappings:
     def properties(self, event: dict) -> MappedProperties:
         """The mapped properties the event carries, made acceptable to Braze
         (``transforms.sanitize.clean_properties``). A null or absent field is left out."""
-        if not self._getters:
-            return MappedProperties({}, [])
         found = {}
+        if self._names:
+            source = event.get("event_properties")
+            if isinstance(source, dict):
+                found = {name: source[name] for name in self._names if source.get(name) is not None}
         for get, target in self._getters:
             value = get(event)
             if value is not MISSING and value is not None:
                 found[target] = value
+        if not found:
+            return MappedProperties({}, [])
         cleaned, changes = clean_properties(found)
         return MappedProperties(cleaned, changes)
-
-
-def _event_property(name: str) -> Callable[[dict], object]:
-    """A plain event property, read literally, as ``selected_properties`` reads it."""
-    def get(event: dict, _name=name):
-        source = event.get("event_properties")
-        return source.get(_name, MISSING) if isinstance(source, dict) else MISSING
-    return get
-

@@ -24,7 +24,7 @@ Braze           from Amplitude
                 Braze stores exactly as it stores one (quantity X is X purchases of 1);
                 over 1,000 → skipped ``invalid_quantity``
 ``time``        the event time (ISO 8601 UTC)
-``properties``  the sync's selected event properties, as for custom events
+``properties``  the sync's event properties and mappings, as for custom events
 ==============  =============================================================================
 
 A refund (negative ``price``, or negative ``revenue`` without a price) stays a custom event:
@@ -36,10 +36,10 @@ fail the same way.
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Union
 
 from transforms.records import iso_from_ms
-from transforms.track import selected_properties
+from transforms.track import Properties, mapped_properties
 
 MAX_QUANTITY = 100  # Braze's cap per purchase object
 MAX_PIECES = 10  # a purchase splits into at most this many objects (quantity ≤ 1,000)
@@ -123,9 +123,10 @@ def _pieces(quantity: int) -> List[int]:
 
 
 def purchase_objects(purchase: Purchase, event: dict, time_ms: int, identifier_fields: dict,
-                     properties: Tuple[str, ...], app_id: Optional[str]) -> List[dict]:
-    """Braze purchase objects for one purchase: one, or one per 100 of the quantity."""
-    selected = selected_properties(event, properties)
+                     properties: Properties, app_id: Optional[str]) -> List[dict]:
+    """Braze purchase objects for one purchase: one, or one per 100 of the quantity.
+    ``properties``: the sync's ``EventMappings`` (or property names), read once for all."""
+    selected = mapped_properties(event, properties)
     objects = []
     for quantity in _pieces(purchase.quantity):
         obj = dict(identifier_fields)

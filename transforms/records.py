@@ -76,6 +76,28 @@ class IdentifyWork(NamedTuple):
     track: Tuple[BrazeItem, ...]  # the event's own track objects, sent right behind its update
 
 
+class DeviceSighting(NamedTuple):
+    """A device seen in one event of a sync with ``identifier.anonymous`` (route → the
+    anonymous-merge step, keyed by ``transforms.anonymous.anonymous_key(sync, device)``).
+
+    ``user`` is the event's external id, or None when the event went to the device's alias
+    profile. Its time is the element's timestamp (the Pub/Sub publish time)."""
+
+    source: str  # the event's source, kept so a failed merge leads back to an event
+    user: Optional[str]
+
+
+class MergeRequest(NamedTuple):
+    """One ``/users/identify`` entry: merge the device's alias profile into ``external_id``
+    (the merge step → the identify sink, keyed by sync)."""
+
+    sync: str
+    external_id: str
+    alias_name: str
+    alias_label: str
+    sources: Tuple[str, ...]  # the event that named the user on the device
+
+
 class UserBatch(NamedTuple):
     """A user's Braze objects from one step, in the order they must reach Braze.
 

@@ -12,13 +12,15 @@ checks a fresh object passes before it may reach the packer, branch ``replay``:
 * its data is one JSON object, at most 1 MiB and 64 levels deep (parse's limits);
 * it carries exactly one identifier, of the sync's identifier type and the value shape the
   sync's mapping produces (a non-empty string, or ``{"alias_name", "alias_label"}`` with the
-  sync's label), and no field a fresh object of its kind never has;
+  sync's label), or, for a sync with ``identifier.anonymous``, a device's alias with that
+  label; and no field a fresh object of its kind never has;
 * ``_update_existing_only`` and ``app_id`` are set as the sync sets them now, whatever the
   object says: a replay cannot create users an update-only sync would not;
 * an event's ``name`` is selected by the sync (an entry with that ``event_type`` or ``"*"``;
   the entries' ``where`` conditions read the Amplitude event, which a Braze object no longer
   carries, so they cannot be checked again), and never ``$identify``;
-* properties (events, purchases) and attribute names are among those the sync selects;
+* properties (events, purchases) and attribute names are among those the sync selects or
+  maps to (``properties`` and ``mappings`` targets);
 * values are sanitised exactly as fresh ones (``transforms.sanitize``, counted
   ``sanitize.<change>``).
 
@@ -40,8 +42,10 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
+from transforms.anonymous import AnonymousRouting, anonymous_user_key
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.identifiers import IdentifierMapper
+from transforms.mappings import UserMappings
 from transforms.parse import MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES, MAX_STRING_CHARS, fallback_message_id, \
     nesting_depth
 from transforms.records import ATTRIBUTES, BRAZE_OBJECT, DEAD_LETTERED, EVENTS, KINDS, PURCHASES, BrazeItem, \
@@ -82,8 +86,9 @@ class ReplayRules:
         self.mapper = IdentifierMapper(sync.identifier, sync.users.update_existing_only)
         self.all_events = any(s.event_type == "*" for s in sync.events.select)
         self.event_names = frozenset(s.event_type for s in sync.events.select)
-        self.event_properties = frozenset(sync.events.properties)
-        self.user_properties = frozenset(sync.users.properties)
+        self.anonymous = AnonymousRouting.of(sync.identifier)
+        self.event_properties = frozenset(sync.events.properties) | frozenset(m.target for m in sync.events.mappings)
+        self.user_properties = UserMappings.from_settings(sync.users).targets
         self.branch_off = {
             ATTRIBUTES: None if sync.users.enabled else "users_disabled",
             EVENTS: None if sync.events.enabled else "events_disabled",
@@ -114,13 +119,13 @@ def replayed_item(data: bytes, attributes, rules: Dict[str, ReplayRules], source
     obj = _decoded(data)
     if isinstance(obj, Refusal):
         return obj
-    user_key = _identifier(obj, sync_rules)
-    if isinstance(user_key, Refusal):
-        return user_key
-    fields = sync_rules.mapper.fields(user_key)
+    identity = _identifier(obj, sync_rules)
+    if isinstance(identity, Refusal):
+        return identity
+    user_key, fields, id_field = identity
     # email and phone stay: Braze writes them as attributes beside a primary identifier, so
     # they pass only where the sync selects them as user properties.
-    body = {k: v for k, v in obj.items() if k not in (sync_rules.mapper.type, UPDATE_FLAG, "app_id")}
+    body = {k: v for k, v in obj.items() if k not in (id_field, UPDATE_FLAG, "app_id")}
     if kind == ATTRIBUTES:
         checked = _attributes(body, sync_rules)
     else:
@@ -152,8 +157,11 @@ def _decoded(data: bytes):
 
 
 def _identifier(obj: dict, rules: ReplayRules):
-    """The user key, if the object carries exactly the sync's identifier in its shape."""
+    """``(user key, identifier fields, identifier name)`` if the object carries exactly the
+    sync's identifier in its shape, or a device's alias where the sync has anonymous users."""
     wanted = rules.mapper.type
+    if wanted not in obj and rules.anonymous is not None and "user_alias" in obj:
+        return _anonymous_identifier(obj, rules)
     if wanted not in obj:
         return Refusal("invalid_identifier", f"the object has no {wanted}, the identifier of sync {rules.sync.name}")
     others = [name for name in PRIMARY_IDENTIFIERS if name in obj and name != wanted]
@@ -167,11 +175,25 @@ def _identifier(obj: dict, rules: ReplayRules):
                 or value["alias_label"] != label or not _id_string(value["alias_name"]):
             return Refusal("invalid_identifier", f"user_alias must be {{alias_name, alias_label: {label}}} "
                                                  "with a non-empty alias_name")
-        return value["alias_name"]
-    if not _id_string(value):
+        value = value["alias_name"]
+    elif not _id_string(value):
         return Refusal("invalid_identifier", f"{wanted} must be a non-empty string of at most "
                                              f"{MAX_STRING_CHARS} characters")
-    return value
+    return value, rules.mapper.fields(value), wanted
+
+
+def _anonymous_identifier(obj: dict, rules: ReplayRules):
+    """A device's alias profile (``identifier.anonymous``): its own user key and fields."""
+    others = [name for name in PRIMARY_IDENTIFIERS if name in obj and name != "user_alias"]
+    value = obj["user_alias"]
+    label = rules.anonymous.alias_label
+    if others or not isinstance(value, dict) or value.keys() != {"alias_name", "alias_label"} \
+            or value["alias_label"] != label or not _id_string(value["alias_name"]):
+        return Refusal("invalid_identifier", f"the object must carry exactly one identifier: "
+                                             f"{rules.mapper.type}, or a device's user_alias "
+                                             f"{{alias_name, alias_label: {label}}}")
+    device = value["alias_name"]
+    return anonymous_user_key(device), rules.anonymous.fields(device), "user_alias"
 
 
 def _id_string(value) -> bool:

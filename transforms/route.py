@@ -16,6 +16,22 @@ with the update: ``IdentifyDoFn`` emits the attribute object and then those obje
 reach the packer together and share a request (Braze applies a request's attributes before
 its events). On the direct path the events would arrive first and could leave without it.
 Events that update nobody go straight to the packer, as a ``UserBatch`` that needs no order.
+
+What each branch sends is the sync's mappings (``transforms.mappings``): ``users.properties``
+and ``users.mappings`` give the identify updates under their Braze names, with standard
+attributes in Braze's format; a value that cannot be made valid is left out and counted
+(``route.<sync>.identify.value_skipped.<reason>``), and when nothing else is left the event's
+identify branch is skipped with that reason (``invalid_email``, ``unknown_country``, ...).
+``events.properties`` and ``events.mappings`` give the event and purchase properties.
+
+Anonymous users (``identifier.anonymous``): an event without the main identifier's value goes
+to its device's alias profile instead of being skipped (``transforms.anonymous``), under a
+user key no external id can take (``anonymous_user_key``). Every event of such a sync that
+names a device, identified or anonymous, is also reported to the merge step (tag
+``anonymous``: ``(anonymous_key(sync, device), DeviceSighting)``), which decides when to ask
+Braze to merge the alias profile into the user's (``transforms.device_merge``). An anonymous
+event is reported only when it sent something to the alias profile, since only then can the
+profile exist.
 """
 from __future__ import annotations
 
@@ -27,20 +43,24 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
+from transforms.anonymous import AnonymousRouting, anonymous_key, anonymous_user_key
 from transforms.coders import typed
 from transforms.filters import compile_selectors
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.identifiers import IdentifierMapper
-from transforms.identify import identify_key, selected_updates
+from transforms.identify import identify_key
+from transforms.mappings import EventMappings, UserMappings
 from transforms.purchases import purchase_of, purchase_objects
 from transforms.records import DEAD_LETTERED, EVENTS, IDENTIFY, NO_PREDECESSOR, PURCHASES, SKIPPED, TRACK, \
-    BrazeItem, DeadLetter, IdentifyWork, Outcome, UserBatch, utc_now_iso
+    BrazeItem, DeadLetter, DeviceSighting, IdentifyWork, Outcome, UserBatch, utc_now_iso
 from transforms.track import NOT_TRACKED_EVENT_TYPES, event_object
 
 IDENTIFY_TAG = "identify"
+ANONYMOUS_TAG = "anonymous"
 OUTCOME_TAG = "outcomes"
 DEAD_LETTER_TAG = "dead_letters"
 ROUTE_BRANCH = "route"
+NO_SELECTED_PROPERTY = "no_selected_property"
 
 
 class _SyncRoute:
@@ -49,16 +69,20 @@ class _SyncRoute:
     def __init__(self, sync: Sync):
         self.name = sync.name
         self.mapper = IdentifierMapper(sync.identifier, sync.users.update_existing_only)
+        self.anonymous = AnonymousRouting.of(sync.identifier)
+        self.shadow = sync.shadow
         self.events_enabled = sync.events.enabled
         self.selects = compile_selectors(sync.events.select) if sync.events.enabled else None
-        self.event_properties = sync.events.properties
+        self.event_mappings = EventMappings.from_settings(sync.events)
         self.purchases = sync.events.enabled and sync.events.purchases
         self.app_id = sync.app_id
         self.users_enabled = sync.users.enabled
-        self.user_properties = frozenset(sync.users.properties)
+        self.user_mappings = UserMappings.from_settings(sync.users)
         counter = lambda name: Metrics.counter("route", f"{sync.name}.{name}")  # noqa: E731
         self.events_in = counter("events_in")
+        self.to_alias = counter("anonymous_to_alias")
         self.skipped = {}
+        self.values_skipped = {}
         self._counter = counter
 
     def skip(self, source: str, branch: str, reason: str) -> Outcome:
@@ -67,6 +91,13 @@ class _SyncRoute:
             self.skipped[key] = self._counter(f"{branch}.skipped.{reason}")
         self.skipped[key].inc()
         return Outcome(source, self.name, branch, SKIPPED, reason)
+
+    def value_skipped(self, reason: str) -> None:
+        """A standard attribute's value that cannot be made valid, left out of an update."""
+        counter = self.values_skipped.get(reason)
+        if counter is None:
+            counter = self.values_skipped[reason] = self._counter(f"{IDENTIFY}.value_skipped.{reason}")
+        counter.inc()
 
 
 def _failed_event(dofn, parsed, failure: Failure):
@@ -95,7 +126,15 @@ class _RouteDoFn(beam.DoFn):
         for route in self._routes:
             route.events_in.inc()
             user_key = route.mapper.user_key(event)
-            fields = route.mapper.fields(user_key) if user_key is not None else None
+            device = route.anonymous.device(event) if route.anonymous is not None else None
+            identified = user_key is not None
+            if identified:
+                fields = route.mapper.fields(user_key)
+            elif device is not None:  # anonymous: the device's alias profile
+                user_key = anonymous_user_key(device)
+                fields = route.anonymous.fields(device)
+            else:
+                fields = None
 
             # Track branch.
             track = []
@@ -114,26 +153,44 @@ class _RouteDoFn(beam.DoFn):
                     else:
                         track.append(out)
 
-            # Identify branch: only events that touch a selected property reach the state.
+            # Identify branch: only events that touch a mapped field reach the state.
+            updated = False
             if not route.users_enabled:
                 yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "users_disabled"))
                 yield from _unordered(route.name, user_key, track)
-                continue
-            updates = selected_updates(event["user_properties"], route.user_properties)
-            if not updates:
-                yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "no_selected_property"))
-                yield from _unordered(route.name, user_key, track)
-            elif fields is None:
-                yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "missing_identifier"))
-                yield from _unordered(route.name, user_key, track)
             else:
-                # The event's own objects ride along, so they reach the packer right after the
-                # attribute update they go with, and not before it on the shorter path.
-                yield pvalue.TaggedOutput(IDENTIFY_TAG, (
-                    identify_key(route.name, user_key),
-                    IdentifyWork(source, parsed.publish_time_ms, parsed.time_ms, fields,
-                                 tuple(tuple(u) for u in updates), tuple(track)),
-                ))
+                updates, skipped = route.user_mappings.updates(event)
+                if skipped and fields is not None:
+                    for _, reason in skipped:
+                        route.value_skipped(reason)
+                if not updates:
+                    reason = skipped[0][1] if skipped and fields is not None else NO_SELECTED_PROPERTY
+                    yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, reason))
+                    yield from _unordered(route.name, user_key, track)
+                elif fields is None:
+                    yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, IDENTIFY, "missing_identifier"))
+                    yield from _unordered(route.name, user_key, track)
+                else:
+                    # The event's own objects ride along, so they reach the packer right after the
+                    # attribute update they go with, and not before it on the shorter path.
+                    updated = True
+                    yield pvalue.TaggedOutput(IDENTIFY_TAG, (
+                        identify_key(route.name, user_key),
+                        IdentifyWork(source, parsed.publish_time_ms, parsed.time_ms, fields,
+                                     tuple(tuple(u) for u in updates), tuple(track)),
+                    ))
+
+            # The merge step hears of every device: who it belongs to, or that its alias got data.
+            # A sync in shadow mode sends nothing to Braze, merges included.
+            if device is not None:
+                if identified or track or updated:
+                    if not identified:
+                        route.to_alias.inc()
+                    if route.shadow:
+                        continue
+                    yield pvalue.TaggedOutput(ANONYMOUS_TAG, (
+                        anonymous_key(route.name, device),
+                        DeviceSighting(source, user_key if identified else None)))
 
     @staticmethod
     def _track(route: _SyncRoute, parsed, user_key: str, fields: dict):
@@ -143,10 +200,10 @@ class _RouteDoFn(beam.DoFn):
         if isinstance(purchase, str):
             yield pvalue.TaggedOutput(OUTCOME_TAG, route.skip(source, TRACK, purchase))
         elif purchase is not None:
-            for obj in purchase_objects(purchase, event, parsed.time_ms, fields, route.event_properties, route.app_id):
+            for obj in purchase_objects(purchase, event, parsed.time_ms, fields, route.event_mappings, route.app_id):
                 yield BrazeItem(route.name, user_key, PURCHASES, obj, (source,), TRACK, parsed.publish_time_ms)
         else:
-            obj = event_object(event, parsed.time_ms, fields, route.event_properties, route.app_id)
+            obj = event_object(event, parsed.time_ms, fields, route.event_mappings, route.app_id)
             yield BrazeItem(route.name, user_key, EVENTS, obj, (source,), TRACK, parsed.publish_time_ms)
 
 
@@ -158,7 +215,8 @@ def _unordered(sync: str, user_key, track):
 
 class RouteToSyncs(beam.PTransform):
     """ParsedEvent → track objects as ``UserBatch`` (main), ``(identify key, IdentifyWork)``
-    (tag ``identify``), skips (tag ``outcomes``), failures (tag ``dead_letters``)."""
+    (tag ``identify``), ``(anonymous key, DeviceSighting)`` (tag ``anonymous``), skips (tag
+    ``outcomes``), failures (tag ``dead_letters``)."""
 
     def __init__(self, syncs: Tuple[Sync, ...]):
         super().__init__()
@@ -168,9 +226,10 @@ class RouteToSyncs(beam.PTransform):
 
     def expand(self, events):
         routed = events | "Route" >> beam.ParDo(_RouteDoFn(self._syncs)).with_outputs(
-            IDENTIFY_TAG, OUTCOME_TAG, DEAD_LETTER_TAG, main="track")
+            IDENTIFY_TAG, ANONYMOUS_TAG, OUTCOME_TAG, DEAD_LETTER_TAG, main="track")
         typed(routed.track, UserBatch)
         typed(routed[IDENTIFY_TAG], Tuple[str, IdentifyWork])
+        typed(routed[ANONYMOUS_TAG], Tuple[str, DeviceSighting])
         typed(routed[OUTCOME_TAG], Outcome)
         typed(routed[DEAD_LETTER_TAG], DeadLetter)
         return routed

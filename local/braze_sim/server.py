@@ -1,6 +1,7 @@
 """The HTTP side: a threaded HTTP/1.1 keep-alive server and the ``BrazeSimulator`` handle.
 
-A Braze request goes through, in order: faults, API key (401), rate limit (429),
+A Braze request goes through, in order: faults, API key (401), the key's permission for the
+endpoint (403, only for keys given ``key_permissions``), rate limit (429),
 Content-Type (415), size (413), JSON (400), then the endpoint in ``endpoints.py``. It is
 logged and counted before the answer is written, so a client that has its answer can read
 the outcome from /_sim/ at once.
@@ -30,6 +31,10 @@ _DRAIN_LIMIT_BYTES = 64 * 1024 * 1024  # larger bodies are refused unread, and t
 _PARTNER_PATH = re.compile(r"/partners/([^/]+)/cohorts(/users)?")
 _USER_ENDPOINTS = {"/users/track": "track", "/users/alias/new": "alias", "/users/identify": "identify",
                    "/users/export/ids": "export"}
+# The REST key permission each endpoint needs (braze-api.md §1.1, §4.1, §4.2; users.export.ids
+# as the README's cohort lookups name it).
+PERMISSIONS = {"track": "users.track", "alias": "users.alias.new", "identify": "users.identify",
+               "export": "users.export.ids"}
 PARSE_ERROR = "Error while parsing request body. Please check your syntax."
 LIMIT_MODES = ("combined", "per-type")
 
@@ -42,7 +47,9 @@ class BrazeSimulator:
     (Braze: 20,000 a minute, apart from /users/track's limit); /users/export/ids has
     ``export_rate_limit`` per ``export_rate_window_seconds`` (Braze: 250 a minute for accounts
     onboarded on or after 2024-08-22). Keys, partner keys and client secrets default to one
-    generated value each.
+    generated value each. ``key_permissions``: key → the permissions it has (``users.track``,
+    ``users.identify``, ...); such a key gets Braze's 403 "Access Denied" from an endpoint it
+    lacks the permission for (braze-api.md §2.2). Other keys may call every endpoint.
     """
 
     def __init__(self, api_keys: Optional[Iterable[str]] = None, object_limit_mode: str = "combined",
@@ -51,7 +58,8 @@ class BrazeSimulator:
                  client_secrets: Optional[Iterable[str]] = None,
                  export_rate_limit: int = 250, export_rate_window_seconds: float = 60.0,
                  alias_rate_limit: int = 20_000, alias_rate_window_seconds: float = 60.0,
-                 max_log_entries: int = 200_000, max_log_body_bytes: int = 256 * 1024 * 1024):
+                 max_log_entries: int = 200_000, max_log_body_bytes: int = 256 * 1024 * 1024,
+                 key_permissions: Optional[dict] = None):
         if object_limit_mode not in LIMIT_MODES:
             raise ValueError(f"object_limit_mode must be one of {LIMIT_MODES}, got {object_limit_mode!r}")
         self.api_keys = list(api_keys) if api_keys else [secrets.token_hex(16)]
@@ -67,6 +75,7 @@ class BrazeSimulator:
         self.alias_limiter = RateLimiter(alias_rate_limit, alias_rate_window_seconds)
         self.export_limiter = RateLimiter(export_rate_limit, export_rate_window_seconds)
         self._key_set = frozenset(self.api_keys)
+        self.key_permissions = {k: frozenset(v) for k, v in (key_permissions or {}).items()}
         self._stopping = threading.Event()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -310,6 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         key = auth[7:] if auth.startswith("Bearer ") else None
         if key not in sim._key_set:
             return 401, {"message": "Invalid API Key"}, limiter.peek(received_at), None, _loggable(raw)
+        permissions = sim.key_permissions.get(key)
+        if permissions is not None and PERMISSIONS[endpoint] not in permissions:
+            return 403, {"message": "Access Denied"}, limiter.peek(received_at), None, _loggable(raw)
         allowed, headers = limiter.hit(key, received_at)
         if not allowed:
             return 429, {"message": "Rate limit exceeded"}, headers, None, _loggable(raw)
