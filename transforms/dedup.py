@@ -129,9 +129,15 @@ class DropRepeats(beam.PTransform):
             | "DropRepeatsPerInsertId" >> beam.ParDo(_DropRepeatsDoFn(self._window)).with_outputs(
                 OUTCOME_TAG, DEAD_LETTER_TAG, main="kept")
         )
+        for outputs in (keyed, kept):
+            typed(outputs[OUTCOME_TAG], Outcome)
+            typed(outputs[DEAD_LETTER_TAG], DeadLetter)
+        typed(keyed[BYPASS_TAG], ParsedEvent)
+        typed(kept.kept, ParsedEvent)
         unique = (kept.kept, keyed[BYPASS_TAG]) | "WithEventsWithoutInsertId" >> beam.Flatten()
         return {
             "events": typed(unique, ParsedEvent),
-            "outcomes": (keyed[OUTCOME_TAG], kept[OUTCOME_TAG]) | "DedupOutcomes" >> beam.Flatten(),
-            "dead_letters": (keyed[DEAD_LETTER_TAG], kept[DEAD_LETTER_TAG]) | "DedupDeadLetters" >> beam.Flatten(),
+            "outcomes": typed((keyed[OUTCOME_TAG], kept[OUTCOME_TAG]) | "DedupOutcomes" >> beam.Flatten(), Outcome),
+            "dead_letters": typed((keyed[DEAD_LETTER_TAG], kept[DEAD_LETTER_TAG]) | "DedupDeadLetters" >> beam.Flatten(),
+                                  DeadLetter),
         }

@@ -378,4 +378,5 @@ class SendMerges(beam.PTransform):
         ).with_outputs(SENT_TAG, DEAD_LETTER_TAG, main="unused")
         typed(written[SENT_TAG], MergeRequest)
         typed(written[DEAD_LETTER_TAG], DeadLetter)
+        typed(written.unused, MergeRequest)  # nothing is emitted there
         return written

@@ -12,6 +12,9 @@ import orjson
 from apache_beam.io.gcp.pubsub import WriteToPubSub
 from apache_beam.metrics import Metrics
 
+from transforms.coders import typed
+from transforms.records import Outcome
+
 
 class _CountOutcomes(beam.DoFn):
     def __init__(self):
@@ -37,7 +40,7 @@ class RecordOutcomes(beam.PTransform):
         self._topic = topic
 
     def expand(self, outcomes):
-        counted = outcomes | "Count" >> beam.ParDo(_CountOutcomes())
+        counted = typed(outcomes | "Count" >> beam.ParDo(_CountOutcomes()), Outcome)
         if self._topic:
             (
                 counted

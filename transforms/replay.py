@@ -43,6 +43,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.config import Sync
 from transforms.anonymous import AnonymousRouting, anonymous_user_key
+from transforms.coders import typed
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.identifiers import IdentifierMapper
 from transforms.mappings import UserMappings
@@ -362,5 +363,9 @@ class ReadReplayedObjects(beam.PTransform):
             raise ValueError("ReadReplayedObjects needs the syncs of the syncs file")
 
     def expand(self, messages):
-        return messages | "CheckReplayedObjects" >> beam.ParDo(_ReplayDoFn(self._syncs)).with_outputs(
+        checked = messages | "CheckReplayedObjects" >> beam.ParDo(_ReplayDoFn(self._syncs)).with_outputs(
             DEAD_LETTER_TAG, OUTCOME_TAG, main="objects")
+        typed(checked.objects, BrazeItem)
+        typed(checked[DEAD_LETTER_TAG], DeadLetter)
+        typed(checked[OUTCOME_TAG], Outcome)
+        return checked
