@@ -27,7 +27,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from local.generate import generate_messages, read_messages, write_jsonl
 from pipeline.config import Sync, parse_syncs
-from transforms.batching import RequestLimits, pack, shard_key
+from transforms.batching import EMPTY_FILL, RequestLimits, collapse, pack_more, shard_key
 from transforms.braze_client import build_track_body
 from transforms.identify import IdentifyDoFn
 from transforms.parse import parse_message
@@ -289,32 +289,57 @@ class _NoTimer:
 _NO_TIMER = _NoTimer()
 
 
+def _plan_of(method) -> list:
+    """``(parameter, kind, state spec)`` of a DoFn method's state, timer, key, window and
+    timestamp parameters."""
+    plan = []
+    for name, param in list(inspect.signature(method).parameters.items())[1:]:
+        default = param.default
+        if isinstance(default, beam_core._StateDoFnParam):
+            plan.append((name, "state", default.state_spec))
+        elif isinstance(default, beam_core._TimerDoFnParam):
+            plan.append((name, "timer", None))
+        elif default is beam.DoFn.KeyParam:
+            plan.append((name, "key", None))
+        elif default is beam.DoFn.WindowParam:
+            plan.append((name, "window", None))
+        elif default is beam.DoFn.TimestampParam:
+            plan.append((name, "timestamp", None))
+    return plan
+
+
 class KeyedDoFnDriver:
     """Calls a stateful DoFn's ``process`` for ``(key, value)`` elements with in-memory state.
 
     The parameters are read from the DoFn's signature (state, timers, key, window), so a new
-    state cell or timer in the DoFn needs no change here. Timers never fire (the benchmark
-    measures per-element work)."""
+    state cell or timer in the DoFn needs no change here. Timers set by the DoFn never fire by
+    themselves (the benchmark measures per-element work); ``fire`` calls a timer callback when
+    the caller decides."""
 
     def __init__(self, dofn: beam.DoFn, stateless: bool = False):
         self.dofn = dofn
         self.stateless = stateless
         self.store: dict = {}
+        self._kwargs: dict = {}
         if hasattr(dofn, "setup"):
             dofn.setup()
-        self._plan = []
-        for name, param in list(inspect.signature(dofn.process).parameters.items())[1:]:
-            default = param.default
-            if isinstance(default, beam_core._StateDoFnParam):
-                self._plan.append((name, "state", default.state_spec))
-            elif isinstance(default, beam_core._TimerDoFnParam):
-                self._plan.append((name, "timer", None))
-            elif default is beam.DoFn.KeyParam:
-                self._plan.append((name, "key", None))
-            elif default is beam.DoFn.WindowParam:
-                self._plan.append((name, "window", None))
-            elif default is beam.DoFn.TimestampParam:
-                self._plan.append((name, "timestamp", None))
+        self._plan = _plan_of(dofn.process)
+
+    def fire(self, callback: str, key, timestamp: Timestamp) -> list:
+        """The outputs of the timer callback ``callback`` (a method name) for ``key``."""
+        kwargs = {}
+        for name, kind, spec in _plan_of(getattr(type(self.dofn), callback)):
+            if kind == "state":
+                kwargs[name] = self._state(key, spec)
+            elif kind == "timer":
+                kwargs[name] = _NO_TIMER
+            elif kind == "key":
+                kwargs[name] = key
+            elif kind == "window":
+                kwargs[name] = _WINDOW
+            else:
+                kwargs[name] = timestamp
+        return list(getattr(self.dofn, callback)(**kwargs) or ())
 
     def _state(self, key, spec):
         slot = (key, spec.name)
@@ -324,21 +349,32 @@ class KeyedDoFnDriver:
             return _Combining(self.store, slot, self.stateless, spec.combine_fn)
         return _Value(self.store, slot, self.stateless)
 
+    def _arguments(self, key) -> dict:
+        """The keyword arguments of ``process`` for ``key``, built once per key (the harness's
+        own cost is not the DoFn's)."""
+        kwargs = self._kwargs.get(key)
+        if kwargs is None:
+            kwargs = {}
+            for name, kind, spec in self._plan:
+                if kind == "state":
+                    kwargs[name] = self._state(key, spec)
+                elif kind == "timer":
+                    kwargs[name] = _NO_TIMER
+                elif kind == "key":
+                    kwargs[name] = key
+                elif kind == "window":
+                    kwargs[name] = _WINDOW
+                else:
+                    kwargs[name] = _TIME_ZERO
+            self._kwargs[key] = kwargs
+        return kwargs
+
     def process(self, element):
-        key = element[0]
-        kwargs = {}
-        for name, kind, spec in self._plan:
-            if kind == "state":
-                kwargs[name] = self._state(key, spec)
-            elif kind == "timer":
-                kwargs[name] = _NO_TIMER
-            elif kind == "key":
-                kwargs[name] = key
-            elif kind == "window":
-                kwargs[name] = GlobalWindow()
-            else:
-                kwargs[name] = Timestamp(0)
-        return self.dofn.process(element, **kwargs) or ()
+        return self.dofn.process(element, **self._arguments(element[0])) or ()
+
+
+_WINDOW = GlobalWindow()
+_TIME_ZERO = Timestamp(0)
 
 
 class PureJob:
@@ -390,11 +426,35 @@ class PureJob:
 def pack_requests(items: Sequence[BrazeItem], shards: int = 4) -> List[List[BrazeItem]]:
     """Items → requests as the job packs them: by (sync, shard of user), in order, within
     Braze's limits (without the time bound, which only ever makes requests smaller)."""
-    by_key: Dict[str, List[BrazeItem]] = collections.defaultdict(list)
-    for item in items:
-        by_key[shard_key(item.sync, item.user_key, shards)].append(item)
-    limits = RequestLimits("combined")
-    return [batch for key in sorted(by_key) for batch in pack(by_key[key], limits)]
+    packer = Packer(shards)
+    return packer.add(items) + packer.flush()
+
+
+class Packer:
+    """``pack_requests`` fed in chunks: each key's open request waits for the next chunk, as the
+    packer's state does between bundles."""
+
+    def __init__(self, shards: int = 4):
+        self.shards = shards
+        self.limits = RequestLimits("combined")
+        self._open: Dict[str, tuple] = {}
+
+    def add(self, items: Sequence[BrazeItem]) -> List[List[BrazeItem]]:
+        """The requests that close with ``items``."""
+        by_key: Dict[str, List[BrazeItem]] = collections.defaultdict(list)
+        for item in items:
+            by_key[shard_key(item.sync, item.user_key, self.shards)].append(item)
+        requests: List[List[BrazeItem]] = []
+        for key in sorted(by_key):
+            batch, fill = self._open.get(key, ([], EMPTY_FILL))
+            self._open[key] = pack_more(batch, fill, by_key[key], self.limits, requests)
+        return requests
+
+    def flush(self) -> List[List[BrazeItem]]:
+        """Every open request, as the packer's timers send them."""
+        requests = [collapse(batch) for key, (batch, _) in sorted(self._open.items()) if batch]
+        self._open.clear()
+        return requests
 
 
 def encode_requests(batches: Sequence[Sequence[BrazeItem]]) -> List[bytes]:
