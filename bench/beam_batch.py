@@ -11,7 +11,7 @@ Speeds are CPU seconds of this process (``time.process_time``: the in-process ru
 our code and the HTTP client, not the simulator's process nor time spent waiting for it), with
 wall-clock figures beside them: the machine is shared, and CPU time is what a Dataflow worker's
 vCPU pays. Each run includes the runner's start-up (``fixed_*``: the same graph over a handful of
-events). The user state of our graph and of the floor is metered (``bench.state_meter``).
+events). State is metered by the ``scale`` part, not here: the meter costs CPU time.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bench.common import Corpus, all_requests, bench_key, bench_syncs, job_default, simulator
 from bench.floor import SameShapeFloor
-from bench.state_meter import metered_state
 from local.generate import read_messages, write_jsonl
 from pipeline.graph import EventsToBraze
 
@@ -102,9 +101,8 @@ def simulator_figures(client, events: int) -> dict:
 
 
 def run(corpus: Corpus, log_dir: str, shared: Optional[dict] = None, events: int = 0, log=print) -> dict:
-    """``shared["data_points"]`` receives what the data_points part needs from this run, and
-    ``shared["scale_point"]`` this run as a point of the scale curve; ``events`` cuts the
-    corpus to a prefix (0: all of it)."""
+    """``shared["data_points"]`` receives what the data_points part needs from this run;
+    ``events`` cuts the corpus to a prefix (0: all of it)."""
     corpus = corpus.subset(events, log_dir)
     events = corpus.events
     passthrough = run_passthrough(corpus.path)
@@ -113,8 +111,7 @@ def run(corpus: Corpus, log_dir: str, shared: Optional[dict] = None, events: int
         client = sim.client()
         fixed = fixed_costs(corpus, log_dir, sim)
         client.reset()
-        with metered_state() as meter:
-            ours = run_graph(corpus.path, sim.url)
+        ours = run_graph(corpus.path, sim.url)
         log(f"  beam_batch: EventsToBraze {ours.wall:.1f} s ({ours.cpu:.1f} s CPU)")
         counters = client.counters()
         figures = simulator_figures(client, events)
@@ -124,14 +121,9 @@ def run(corpus: Corpus, log_dir: str, shared: Optional[dict] = None, events: int
             shared["data_points"] = {**attribute_points(client), "replay": redundant_writes(all_requests(client)),
                                      "events": events}
         client.reset()
-        with metered_state() as floor_meter:
-            floor = run_floor(corpus.path, sim.url)
+        floor = run_floor(corpus.path, sim.url)
         floor_figures = simulator_figures(client, events)
     log(f"  beam_batch: same-shape floor {floor.wall:.1f} s ({floor.cpu:.1f} s CPU)")
-    state = meter.per_event(events)
-    if shared is not None and events == corpus.spec.events:  # the whole corpus, not a prefix
-        shared["scale_point"] = {"corpus": corpus.spec.as_dict(), "events": events, "cpu": ours.cpu,
-                                 "wall": ours.wall, "fixed_cpu": fixed["ours"], "state": state, **figures}
     return {
         "runner": RUNNER,
         "events": events,
@@ -156,8 +148,5 @@ def run(corpus: Corpus, log_dir: str, shared: Optional[dict] = None, events: int
         "simulator_objects_rejected": counters.get("objects_rejected", 0),
         "simulator_data_points": counters.get("data_points", 0),
         "floor_simulator": floor_figures,
-        "state_bytes_per_event": state["bytes_per_event"],
-        "state": state,
-        "floor_state_bytes_per_event": floor_meter.per_event(events)["bytes_per_event"],
         "sys_modules_loaded": len(sys.modules),
     }

@@ -70,7 +70,7 @@ def _publish_paced(emulator, topic: str, messages: List[bytes], rate: float, dur
 
 
 def run(corpus: Corpus, log_dir: str, rate: float = 300.0, duration: float = 60.0, tail: float = 5.0,
-        max_batch_wait_seconds: float = 2.0, drain_seconds: float = 45.0, plot_path: Optional[str] = None,
+        max_batch_wait_seconds: float = 2.0, drain_seconds: float = 30.0, plot_path: Optional[str] = None,
         emulator: Optional[PubSubEmulator] = None, floor: bool = True, log=print) -> dict:
     needed = int(rate * (duration + tail + 5)) + WARMUP_EVENTS
     messages = corpus.prefix(needed)

@@ -56,12 +56,6 @@ def test_beam_batch_floor_state_and_data_points(corpus, tmp_path):
     # The floor delivered every object it stands for, and all of them were accepted.
     assert result["floor_simulator"]["objects"] == floor_objects_expected(corpus)
     assert result["floor_simulator"]["objects_rejected"] == 0
-    # State was metered in every keyed stage, where the job really reads and writes it.
-    assert set(result["state"]["stages"]) == STATEFUL_STAGES
-    assert result["state"]["stages"]["identify"]["bytes_written_per_event"] > 0
-    assert result["state"]["stages"]["pack"]["keys"] == 8  # 2 syncs x 4 shards
-    assert result["state_bytes_per_event"] > 0 and result["floor_state_bytes_per_event"] > 0
-    assert shared["scale_point"]["events"] == corpus.events
     points = data_points.run(corpus, str(tmp_path), ours=shared["data_points"], log=lambda *a: None)
     assert 0 < points["ours"] <= points["naive"] and points["ours_redundant_writes"] == 0
 
@@ -75,7 +69,13 @@ def test_scale_curve(corpus, tmp_path):
     assert [c["users"] for c in result["curve"]] == [10, 20]  # one user per 20 events
     assert result["cost_ratio_largest_to_smallest"] > 0
     assert result["state_bytes_per_event"] == max(c["state_bytes_per_event"] for c in result["curve"]) > 0
-    assert set(result["state_detail_largest"]["stages"]) == STATEFUL_STAGES
+    # State was metered in every keyed stage, on the state channel and per operation.
+    state = result["state_detail_largest"]
+    assert set(state["stages"]) == set(state["per_operation"]["stages"]) == STATEFUL_STAGES
+    assert state["per_operation"]["stages"]["pack"]["keys"] == 8  # 2 syncs x 4 shards
+    assert state["per_operation"]["stages"]["identify"]["bytes_written_per_event"] > 0
+    # Every operation is counted, and what reaches the channel is no more than that.
+    assert 0 < result["state_channel_bytes_per_event"] <= result["state_bytes_per_event"]
 
 
 @pytest.mark.integration
