@@ -33,6 +33,7 @@ from transforms.identify import IdentifyDoFn
 from transforms.parse import parse_message
 from transforms.records import BrazeItem, ParsedEvent
 from transforms.route import IDENTIFY_TAG, _RouteDoFn
+from transforms.sanitize import DEFAULT_MAX_ARRAY_LENGTH
 
 KEY_ENV = "BENCH_BRAZE_KEY"
 MAX_OBJECTS = 75  # Braze's objects per /users/track request (combined mode)
@@ -320,26 +321,22 @@ class KeyedDoFnDriver:
         self.dofn = dofn
         self.stateless = stateless
         self.store: dict = {}
-        self._kwargs: dict = {}
+        self._kwargs: dict = {}  # key (process) or (callback, key) → keyword arguments
         if hasattr(dofn, "setup"):
             dofn.setup()
         self._plan = _plan_of(dofn.process)
 
     def fire(self, callback: str, key, timestamp: Timestamp) -> list:
         """The outputs of the timer callback ``callback`` (a method name) for ``key``."""
-        kwargs = {}
-        for name, kind, spec in _plan_of(getattr(type(self.dofn), callback)):
-            if kind == "state":
-                kwargs[name] = self._state(key, spec)
-            elif kind == "timer":
-                kwargs[name] = _NO_TIMER
-            elif kind == "key":
-                kwargs[name] = key
-            elif kind == "window":
-                kwargs[name] = _WINDOW
-            else:
-                kwargs[name] = timestamp
-        return list(getattr(self.dofn, callback)(**kwargs) or ())
+        prepared = self._kwargs.get((callback, key))
+        if prepared is None:
+            plan = _plan_of(getattr(type(self.dofn), callback))
+            stamp = next((name for name, kind, _ in plan if kind == "timestamp"), None)
+            prepared = self._kwargs[(callback, key)] = (getattr(self.dofn, callback), self._build(plan, key), stamp)
+        method, kwargs, stamp = prepared
+        if stamp is not None:
+            kwargs[stamp] = timestamp
+        return list(method(**kwargs) or ())
 
     def _state(self, key, spec):
         slot = (key, spec.name)
@@ -354,19 +351,22 @@ class KeyedDoFnDriver:
         own cost is not the DoFn's)."""
         kwargs = self._kwargs.get(key)
         if kwargs is None:
-            kwargs = {}
-            for name, kind, spec in self._plan:
-                if kind == "state":
-                    kwargs[name] = self._state(key, spec)
-                elif kind == "timer":
-                    kwargs[name] = _NO_TIMER
-                elif kind == "key":
-                    kwargs[name] = key
-                elif kind == "window":
-                    kwargs[name] = _WINDOW
-                else:
-                    kwargs[name] = _TIME_ZERO
-            self._kwargs[key] = kwargs
+            kwargs = self._kwargs[key] = self._build(self._plan, key)
+        return kwargs
+
+    def _build(self, plan, key) -> dict:
+        kwargs = {}
+        for name, kind, spec in plan:
+            if kind == "state":
+                kwargs[name] = self._state(key, spec)
+            elif kind == "timer":
+                kwargs[name] = _NO_TIMER
+            elif kind == "key":
+                kwargs[name] = key
+            elif kind == "window":
+                kwargs[name] = _WINDOW
+            else:
+                kwargs[name] = _TIME_ZERO
         return kwargs
 
     def process(self, element):
@@ -383,12 +383,15 @@ class PureJob:
     ``stateless_identify=True`` runs the same identify code with a state that never remembers:
     every selected property an event carries is sent, as a forwarder without state would."""
 
-    def __init__(self, syncs: Sequence[Sync], stateless_identify: bool = False):
+    def __init__(self, syncs: Sequence[Sync], stateless_identify: bool = False, lateness_seconds: float = 0.0):
         self.syncs = tuple(syncs)
         self.route = _RouteDoFn(self.syncs)
         self.route.setup()
-        self.identify = KeyedDoFnDriver(IdentifyDoFn({s.name: s.users.properties for s in self.syncs}),
-                                        stateless=stateless_identify)
+        self.lateness = lateness_seconds
+        self.identify = KeyedDoFnDriver(
+            IdentifyDoFn({s.name: s.users.properties for s in self.syncs}, lateness_seconds=lateness_seconds,
+                         max_array_length=DEFAULT_MAX_ARRAY_LENGTH),
+            stateless=stateless_identify)
 
     def parse(self, data: bytes, message_id: str, publish_time_ms: Optional[int] = None) -> List[ParsedEvent]:
         return [r for r in parse_message(data, message_id, publish_time_ms) if isinstance(r, ParsedEvent)]
@@ -405,11 +408,27 @@ class PureJob:
         return track, work
 
     def identify_work(self, work) -> List[BrazeItem]:
-        """The objects of the user's batch: the attribute update, then the event's own objects."""
+        """The objects of the user's batch: the attribute update, then the event's own objects
+        (``lateness_seconds=0``: identify applies each update as it arrives)."""
         items: List[BrazeItem] = []
         for out in self.identify.process(work):
             if isinstance(out, TimestampedValue):
                 items.extend(out.value.items)
+        return items
+
+    def identify_works(self, works) -> List[BrazeItem]:
+        """The objects of a bundle's identify work as the job makes them: with a reorder buffer
+        (``lateness_seconds > 0``) each update waits in its user's buffer, and every buffer the
+        bundle touched is flushed once the bundle is in (as the watermark timer does)."""
+        if self.lateness <= 0:
+            return [item for w in works for item in self.identify_work(w)]
+        touched = dict.fromkeys(w[0] for w in works if not self.identify.process(w))
+        flush_at = Timestamp.of(self.lateness)  # the driver gives every element timestamp 0
+        items: List[BrazeItem] = []
+        for key in touched:
+            for out in self.identify.fire("on_flush", key, flush_at):
+                if isinstance(out, TimestampedValue):
+                    items.extend(out.value.items)
         return items
 
     def event_items(self, parsed: ParsedEvent) -> List[BrazeItem]:

@@ -381,7 +381,8 @@ class SameShapeFloor(beam.PTransform):
 
     def expand(self, messages):
         parsed = typed(messages | "FloorParse" >> beam.ParDo(_FloorParseDoFn()), ParsedEvent)
-        keyed = parsed | "FloorKeyByInsertId" >> beam.ParDo(_FloorKeyByInsertIdDoFn()).with_outputs(BYPASS, main="keyed")
+        keyed = parsed | "FloorKeyByInsertId" >> beam.ParDo(_FloorKeyByInsertIdDoFn()).with_outputs(
+            BYPASS, main="keyed")
         kept = typed(typed(keyed.keyed, Tuple[str, ParsedEvent])
                      | "FloorDropRepeats" >> beam.ParDo(_FloorDropRepeatsDoFn(self._window)), ParsedEvent)
         events = typed((kept, typed(keyed[BYPASS], ParsedEvent)) | "FloorUnique" >> beam.Flatten(), ParsedEvent)

@@ -92,7 +92,8 @@ def analyse_ours(published, expected, requests, counters, duration, rate, max_wa
         "objects_per_request": round(objects_total / n_requests, 2) if n_requests else None,
         "ideal_requests": ideal,
         "fill_ratio": round(ideal / n_requests, 3) if n_requests else None,
-        "requests_by_status": {str(k): v for k, v in sorted(collections.Counter(r["status"] for r in requests).items())},
+        "requests_by_status": {str(k): v for k, v in
+                               sorted(collections.Counter(r["status"] for r in requests).items())},
         "simulator_data_points": counters.get("data_points", 0),
         "_latencies": latencies,
         "_arrivals": arrivals,
