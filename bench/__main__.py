@@ -15,6 +15,7 @@ from bench.common import Corpus, CorpusSpec, machine, tempdir
 from pipeline.local_runner import without_fnapi_state_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+LARGE_SCALE = 1_000_000
 
 # (part, key, goal text, test): issue 14's goals; a figure that misses one is reported, not hidden.
 GOALS = (
@@ -53,6 +54,9 @@ TABLE = (
     ("scale", "cost_ratio_largest_to_smallest", ""),
     ("scale", "state_bytes_per_event", "bytes per event, per operation (largest over sizes)"),
     ("scale", "state_channel_bytes_per_event", "bytes per event on the FnApiRunner's state channel"),
+    ("scale_large", "sizes", "events (make bench-scale)"),
+    ("scale_large", "cost_ratio_largest_to_smallest", ""),
+    ("scale_large", "state_bytes_per_event", "bytes per event, per operation"),
     ("streaming", "events_per_s", "events/s delivered"),
     ("streaming", "floor_events_per_s", "events/s delivered (same-shape floor)"),
     ("streaming", "ratio_to_same_shape_floor", ""),
@@ -138,6 +142,8 @@ def run(args, log=print) -> dict:
             figures["part_seconds"] = round(time.monotonic() - t, 1)
             figures["measured_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             results[part] = figures
+            if part == "scale" and max(args.scale_sizes) >= LARGE_SCALE:
+                results["scale_large"] = figures  # make bench-scale's curve, kept when make bench runs
     results["machine"] = machine_info
     results["run"] = {"parts": parts, "seconds": round(time.monotonic() - began, 1),
                       "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
@@ -197,10 +203,13 @@ def merge(path: str, new: dict) -> dict:
 
 
 def goals(results: dict) -> list:
+    """Each goal, met or not; the scale goals are judged on make bench-scale's curve (up to
+    1,000,000 events) when there is one, as the issue states them."""
     out = []
     for part, key, text, test in GOALS:
-        value = results.get(part, {}).get(key)
-        out.append({"figure": f"{part}.{key}", "goal": text, "value": value,
+        source = "scale_large" if part == "scale" and key in results.get("scale_large", {}) else part
+        value = results.get(source, {}).get(key)
+        out.append({"figure": f"{part}.{key}", "goal": text, "value": value, "from": source,
                     "met": None if value is None else bool(test(value))})
     return out
 
@@ -220,7 +229,8 @@ def table(results: dict) -> str:
     lines.append("")
     for g in results.get("goals", ()):
         verdict = "not measured" if g["met"] is None else "met" if g["met"] else "NOT MET"
-        lines.append(f"goal {g['figure']} {g['goal']}: {verdict} ({g['value']})")
+        origin = " from make bench-scale" if g.get("from") == "scale_large" else ""
+        lines.append(f"goal {g['figure']} {g['goal']}: {verdict} ({g['value']}{origin})")
     m = results.get("machine", {})
     lines.append(f"machine: {m.get('cores')} cores {m.get('cpu_model', '')}, Python {m.get('python')}, "
                  f"Beam {m.get('beam_version')}, load {m.get('loadavg_1m_at_start')} at start")

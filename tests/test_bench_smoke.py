@@ -121,5 +121,7 @@ def test_results_file_goals_and_table(tmp_path):
     assert "streaming.latency_p95_s" not in met  # retired: reported, not judged
     text = table(merged)
     assert "NOT MET" in text and "retired goal" in text
+    with_large = dict(merged, scale_large={"cost_ratio_largest_to_smallest": 1.1})
+    assert {g["figure"]: g["met"] for g in goals(with_large)}["scale.cost_ratio_largest_to_smallest"] is True
     assert parse_args(["core", "sink"]).parts == ["core", "sink"] and "scale" in PARTS
     assert parse_args(["--scale-sizes", "1000000,10000"]).scale_sizes == (10000, 1000000)
