@@ -23,7 +23,8 @@ from typing import List
 
 import orjson
 
-from bench.common import Corpus, Packer, PureJob, bench_syncs, encode_requests
+from bench.common import Corpus, bench_syncs
+from bench.driver import Packer, PureJob, encode_requests
 from pipeline.graph import DEFAULT_LATENESS_SECONDS
 
 FLOOR_EVENTS_PER_BODY = 75

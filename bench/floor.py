@@ -18,14 +18,13 @@ Every (event, sync) with an identifier becomes one attribute object, ``{identifi
 routed through identify, so the floor carries somewhat more objects than the job does (the job
 routes events that update nobody past identify, and merges a user's updates in a request).
 
-``python -m bench.floor`` runs it as a streaming job (Pub/Sub in, the simulator out), with the
-job's options, for the streaming part.
+``python -m bench.floor_job`` runs it as a streaming job (Pub/Sub in, the simulator out), with
+the job's options, for the streaming part.
 """
 from __future__ import annotations
 
-import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import apache_beam as beam
 import orjson
@@ -34,7 +33,7 @@ from apache_beam.coders import FloatCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
 from transforms.batching import END_OF_WINDOW_MICROS, MAX_OBJECTS, shard_key
@@ -396,35 +395,3 @@ class SameShapeFloor(beam.PTransform):
                 Tuple[str, UserBatch])
             | "FloorPack" >> beam.ParDo(_FloorPackDoFn(self._max_wait)), Tuple[str, Request])
         return typed(requests | "FloorSend" >> beam.ParDo(_FloorSendDoFn(self._syncs, self._timeout)), Outcome)
-
-
-def run(argv: Optional[List[str]] = None) -> int:
-    """``python -m bench.floor`` with the job's options: the floor as a streaming job."""
-    from apache_beam.io.gcp.pubsub import ReadFromPubSub
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    from pipeline.config import enabled_syncs, load_syncs
-    from pipeline.local_runner import faster_bundle_based_direct_runner
-    from pipeline.options import StreamOptions
-
-    options = PipelineOptions(list(sys.argv[1:] if argv is None else argv))
-    opts = options.view_as(StreamOptions)
-    standard = options.view_as(StandardOptions)
-    standard.streaming = True
-    standard.runner = standard.runner or "BundleBasedDirectRunner"
-    syncs = enabled_syncs(load_syncs(opts.sync_config, allow_insecure_endpoints=opts.allow_insecure_endpoints))
-    pipeline = beam.Pipeline(options=options)
-    (pipeline
-     | "ReadFromPubSub" >> ReadFromPubSub(subscription=opts.input_subscription, with_attributes=True)
-     | "SameShapeFloor" >> SameShapeFloor(
-         syncs, shards=opts.batch_shards_per_sync, max_batch_wait_seconds=opts.max_batch_wait_seconds,
-         dedup_window_seconds=opts.dedup_window_minutes * 60.0, lateness_seconds=opts.reorder_lateness_seconds,
-         user_state_ttl_days=opts.user_state_ttl_days, timeout_seconds=opts.braze_timeout_seconds))
-    if standard.runner == "BundleBasedDirectRunner":
-        faster_bundle_based_direct_runner()
-    pipeline.run().wait_until_finish()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -25,7 +25,8 @@ from typing import List, Sequence
 
 from apache_beam.utils.timestamp import Timestamp
 
-from bench.common import KeyedDoFnDriver, PureJob, all_requests, bench_key, objects_in
+from bench.common import all_requests, bench_key, objects_in
+from bench.driver import KeyedDoFnDriver, PureJob
 from transforms import sink
 from transforms.batching import RequestLimits, pack, shard_key
 from transforms.records import Request

@@ -1,6 +1,6 @@
 """Part ``streaming``: the real job (``python -m pipeline.stream`` on the BundleBasedDirectRunner,
 ``--streaming``) reading the Pub/Sub emulator and writing the Braze simulator, at a fixed
-offered load for a fixed time; then the same-shape floor (``python -m bench.floor``: the job's
+offered load for a fixed time; then the same-shape floor (``python -m bench.floor_job``: the job's
 keyed stages, state and timers with trivial bodies) on the same runner, input and load.
 
 For each of the two:
@@ -134,7 +134,7 @@ def _run_job(emulator, sim, messages, log_dir, which, rate, duration, tail, max_
     with open(syncs_path, "w") as f:
         yaml.safe_dump(sync_document(sim.url), f, sort_keys=False)
     job_log = os.path.join(log_dir, f"streaming-{which}.log")
-    module = "pipeline.stream" if which == "job" else "bench.floor"
+    module = "pipeline.stream" if which == "job" else "bench.floor_job"
     command = [
         sys.executable, "-m", module,
         f"--input_subscription={emulator.subscription_path(subscription)}",

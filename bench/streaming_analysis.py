@@ -16,7 +16,8 @@ from typing import Dict, List, Optional
 
 import orjson
 
-from bench.common import MAX_OBJECTS, PureJob, bench_syncs, object_key, objects_in, percentile, request_sync
+from bench.common import MAX_OBJECTS, bench_syncs, object_key, objects_in, percentile, request_sync
+from bench.driver import PureJob
 from bench.floor import SOURCE_ATTRIBUTE
 from transforms.identifiers import IdentifierMapper
 
