@@ -43,7 +43,7 @@ demo: install
 bench: install
 	$(PY) -m bench
 
-# The scale curve up to 1,000,000 events (about 10 more minutes); merged into bench/results.json.
+# The scale curve up to 1,000,000 events (about 12 minutes, 12 GB of memory); kept in bench/results.json.
 bench-scale: install
 	$(PY) -m bench scale --scale-sizes 10000,100000,1000000
 
