@@ -39,7 +39,7 @@ demo: install
 	$(PY) -m local.demo $(ARGS)
 
 # Speed, state, batching, latency and data points against baselines measured in the same run
-# (about 10 minutes on 2 cores); results in bench/results.json.
+# (about 7 minutes on 2 cores); results in bench/results.json.
 bench: install
 	$(PY) -m bench
 

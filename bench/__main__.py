@@ -68,7 +68,7 @@ TABLE = (
     ("streaming", "requests_per_1000_events", ""),
     ("streaming", "objects_per_request", ""),
     ("streaming", "fill_ratio", ""),
-    ("sink", "objects_per_s", "objects/s per key, 100 ms Braze"),
+    ("sink", "objects_per_s", "objects/s, one process, each request its own key, 100 ms Braze"),
     ("sink", "steady_objects_per_s_per_key", "objects/s, one key, 100 ms Braze"),
     ("sink", "drain_objects_per_s", "objects/s draining one key by in-flight limit (corpus users)"),
     ("sink", "drain_objects_per_s_own_users", "the same, requests without shared users"),

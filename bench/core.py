@@ -4,7 +4,7 @@ Ours: parse → route (track + identify work, for both syncs) → identify (the 
 in-memory state and the job's reorder buffer, flushed after each chunk of messages) → pack (by
 sync and shard, ≤ 75 objects, ≤ 4 MB) → encode the request bodies.
 ``us_per_event`` (goal ≤ 40) is its CPU time per event: no Beam runner, no HTTP, only the
-project's functions and DoFns and the state cells' encoding (a driver in ``bench.common`` stands
+project's functions and DoFns and the state cells' encoding (a driver in ``bench.driver`` stands
 in for the runner, at a cost kept out of the DoFns' way). One more pass without the reorder
 buffer (``lateness_seconds=0``: each update applied as it arrives) says what the buffer costs.
 Floor: ``orjson.loads`` of every message and ``orjson.dumps`` of one body per 75 decoded events,

@@ -24,7 +24,6 @@ from bench.common import Corpus, CorpusSpec, bench_key, simulator
 from bench.state_meter import metered_state
 
 SIZES = (10_000, 100_000)
-LARGE_SIZES = (10_000, 100_000, 1_000_000)
 EVENTS_PER_USER = 20
 
 
