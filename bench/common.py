@@ -1,12 +1,9 @@
-"""What every part shares: the corpus, the two syncs, the simulator subprocess, and a driver
-that runs the project's own DoFns and pure functions without Beam (for ``core`` and the
-naive baselines), so the benchmark follows the code as the team changes it."""
+"""What every part shares: the corpus, the two syncs, the simulator subprocess, and small
+reporting helpers. Running the project's DoFns without a runner is ``bench.driver``."""
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import inspect
 import os
 import platform
 import secrets
@@ -15,24 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam import pvalue
-from apache_beam.transforms.window import TimestampedValue
-from apache_beam.transforms import core as beam_core
-from apache_beam.transforms import userstate
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import Timestamp
 
 from local.generate import generate_messages, read_messages, write_jsonl
 from pipeline.config import Sync, parse_syncs
-from transforms.batching import RequestLimits, pack, shard_key
-from transforms.braze_client import build_track_body
-from transforms.identify import IdentifyDoFn
-from transforms.parse import parse_message
-from transforms.records import BrazeItem, ParsedEvent
-from transforms.route import IDENTIFY_TAG, _RouteDoFn
 
 KEY_ENV = "BENCH_BRAZE_KEY"
 MAX_OBJECTS = 75  # Braze's objects per /users/track request (combined mode)
@@ -230,175 +215,6 @@ def bench_key(key: str):
             os.environ.pop(KEY_ENV, None)
         else:
             os.environ[KEY_ENV] = previous
-
-
-# --------------------------------------------------------------------------------------------
-# Running the project's DoFns in plain Python (the same code the runner calls)
-
-
-class _Value:
-    """ReadModifyWriteState over a dict slot; ``stateless`` forgets every write."""
-
-    __slots__ = ("_store", "_slot", "_stateless")
-
-    def __init__(self, store: dict, slot, stateless: bool):
-        self._store, self._slot, self._stateless = store, slot, stateless
-
-    def read(self):
-        return self._store.get(self._slot)
-
-    def write(self, value):
-        if not self._stateless:
-            self._store[self._slot] = value
-
-    def clear(self):
-        self._store.pop(self._slot, None)
-
-
-class _Bag(_Value):
-    def read(self):
-        return list(self._store.get(self._slot, ()))
-
-    def add(self, value):
-        if not self._stateless:
-            self._store.setdefault(self._slot, []).append(value)
-
-
-class _Combining(_Value):
-    def __init__(self, store, slot, stateless, combine_fn):
-        super().__init__(store, slot, stateless)
-        self._fn = combine_fn
-
-    def read(self):
-        return self._fn.extract_output(self._store.get(self._slot, self._fn.create_accumulator()))
-
-    def add(self, value):
-        if not self._stateless:
-            acc = self._store.get(self._slot, self._fn.create_accumulator())
-            self._store[self._slot] = self._fn.add_input(acc, value)
-
-
-class _NoTimer:
-    def set(self, *args, **kwargs):
-        pass
-
-    def clear(self, *args, **kwargs):
-        pass
-
-
-_NO_TIMER = _NoTimer()
-
-
-class KeyedDoFnDriver:
-    """Calls a stateful DoFn's ``process`` for ``(key, value)`` elements with in-memory state.
-
-    The parameters are read from the DoFn's signature (state, timers, key, window), so a new
-    state cell or timer in the DoFn needs no change here. Timers never fire (the benchmark
-    measures per-element work)."""
-
-    def __init__(self, dofn: beam.DoFn, stateless: bool = False):
-        self.dofn = dofn
-        self.stateless = stateless
-        self.store: dict = {}
-        if hasattr(dofn, "setup"):
-            dofn.setup()
-        self._plan = []
-        for name, param in list(inspect.signature(dofn.process).parameters.items())[1:]:
-            default = param.default
-            if isinstance(default, beam_core._StateDoFnParam):
-                self._plan.append((name, "state", default.state_spec))
-            elif isinstance(default, beam_core._TimerDoFnParam):
-                self._plan.append((name, "timer", None))
-            elif default is beam.DoFn.KeyParam:
-                self._plan.append((name, "key", None))
-            elif default is beam.DoFn.WindowParam:
-                self._plan.append((name, "window", None))
-            elif default is beam.DoFn.TimestampParam:
-                self._plan.append((name, "timestamp", None))
-
-    def _state(self, key, spec):
-        slot = (key, spec.name)
-        if isinstance(spec, userstate.BagStateSpec):
-            return _Bag(self.store, slot, self.stateless)
-        if isinstance(spec, userstate.CombiningValueStateSpec):
-            return _Combining(self.store, slot, self.stateless, spec.combine_fn)
-        return _Value(self.store, slot, self.stateless)
-
-    def process(self, element):
-        key = element[0]
-        kwargs = {}
-        for name, kind, spec in self._plan:
-            if kind == "state":
-                kwargs[name] = self._state(key, spec)
-            elif kind == "timer":
-                kwargs[name] = _NO_TIMER
-            elif kind == "key":
-                kwargs[name] = key
-            elif kind == "window":
-                kwargs[name] = GlobalWindow()
-            else:
-                kwargs[name] = Timestamp(0)
-        return self.dofn.process(element, **kwargs) or ()
-
-
-class PureJob:
-    """parse → route → identify (+ track) with the job's own functions and DoFns, no Beam runner.
-
-    ``stateless_identify=True`` runs the same identify code with a state that never remembers:
-    every selected property an event carries is sent, as a forwarder without state would."""
-
-    def __init__(self, syncs: Sequence[Sync], stateless_identify: bool = False):
-        self.syncs = tuple(syncs)
-        self.route = _RouteDoFn(self.syncs)
-        self.route.setup()
-        self.identify = KeyedDoFnDriver(IdentifyDoFn({s.name: s.users.properties for s in self.syncs}),
-                                        stateless=stateless_identify)
-
-    def parse(self, data: bytes, message_id: str, publish_time_ms: Optional[int] = None) -> List[ParsedEvent]:
-        return [r for r in parse_message(data, message_id, publish_time_ms) if isinstance(r, ParsedEvent)]
-
-    def route_event(self, parsed: ParsedEvent) -> Tuple[List[BrazeItem], list]:
-        """(track items, identify work)"""
-        track, work = [], []
-        for out in self.route.process(parsed):
-            if isinstance(out, pvalue.TaggedOutput):
-                if out.tag == IDENTIFY_TAG:
-                    work.append(out.value)
-            else:
-                track.extend(out.items)
-        return track, work
-
-    def identify_work(self, work) -> List[BrazeItem]:
-        """The objects of the user's batch: the attribute update, then the event's own objects."""
-        items: List[BrazeItem] = []
-        for out in self.identify.process(work):
-            if isinstance(out, TimestampedValue):
-                items.extend(out.value.items)
-        return items
-
-    def event_items(self, parsed: ParsedEvent) -> List[BrazeItem]:
-        """Every Braze object one event gives, attributes first (as Braze applies them)."""
-        track, work = self.route_event(parsed)
-        attributes = [item for w in work for item in self.identify_work(w)]
-        return attributes + track
-
-    def message_items(self, data: bytes, message_id: str, publish_time_ms: Optional[int] = None):
-        """[(parsed event, [items])] for one message."""
-        return [(p, self.event_items(p)) for p in self.parse(data, message_id, publish_time_ms)]
-
-
-def pack_requests(items: Sequence[BrazeItem], shards: int = 4) -> List[List[BrazeItem]]:
-    """Items → requests as the job packs them: by (sync, shard of user), in order, within
-    Braze's limits (without the time bound, which only ever makes requests smaller)."""
-    by_key: Dict[str, List[BrazeItem]] = collections.defaultdict(list)
-    for item in items:
-        by_key[shard_key(item.sync, item.user_key, shards)].append(item)
-    limits = RequestLimits("combined")
-    return [batch for key in sorted(by_key) for batch in pack(by_key[key], limits)]
-
-
-def encode_requests(batches: Sequence[Sequence[BrazeItem]]) -> List[bytes]:
-    return [build_track_body(batch)[0] for batch in batches]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ for a forwarder without state, on the same corpus and syncs.
 """
 from __future__ import annotations
 
-import collections
 from typing import Optional
 
 import orjson
 
-from bench.common import Corpus, PureJob, all_requests, bench_key, bench_syncs, encode_requests, pack_requests, \
-    simulator
+from bench.common import Corpus, all_requests, bench_key, bench_syncs, simulator
+from bench.driver import PureJob, encode_requests, pack_requests
 from transforms.braze_client import BrazeClient
 
 

@@ -4,7 +4,8 @@ selection, and attributes without state) becomes its own ``/users/track`` reques
 simulator, and the simulator counts them."""
 from __future__ import annotations
 
-from bench.common import Corpus, PureJob, bench_syncs, encode_requests, events_in, simulator
+from bench.common import Corpus, bench_syncs, events_in, simulator
+from bench.driver import PureJob, encode_requests
 from transforms.braze_client import BrazeClient
 
 

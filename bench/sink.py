@@ -1,7 +1,8 @@
 """Part ``sink``: ``transforms.sink.WriteToBraze`` alone, on the FnApiRunner (one worker
-process), over pre-built full batches of 75 real objects, against the simulator answering every
-request 100 ms late (``set_faults(latency_ms=100)``): what one worker process can push to a
-Braze that is not instant, and how many requests it keeps in flight.
+process), over pre-built full batches of 75 real objects, each its own batch key, against the
+simulator answering every request 100 ms late (``set_faults(latency_ms=100)``): what one worker
+process can push to a Braze that is not instant. Then one key's sending and its drain after an
+outage by in-flight limit (``bench.sink_drain``).
 
 In flight is read from the simulator's request log: request *i* occupies
 [received_at, received_at + latency]; the most that overlap, and the mean (busy time / span).
@@ -9,14 +10,14 @@ In flight is read from the simulator's request log: request *i* occupies
 from __future__ import annotations
 
 import time
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bench.common import (
-    MAX_OBJECTS, Corpus, PureJob, all_requests, bench_key, bench_syncs, job_default, objects_in, simulator,
-)
+from bench import sink_drain
+from bench.common import MAX_OBJECTS, Corpus, all_requests, bench_key, bench_syncs, job_default, objects_in, simulator
+from bench.driver import PureJob
 from transforms.batching import RequestLimits, pack
 from transforms.records import Request
 from transforms.sink import WriteToBraze
@@ -56,7 +57,8 @@ def max_overlap(intervals) -> int:
     return best
 
 
-def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, log=print) -> dict:
+def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, drain_requests: int = 40,
+        in_flight_limits: Sequence[int] = (1, 4, 8), log=print) -> dict:
     with simulator(log_dir, name="sim-sink") as sim, bench_key(sim.key):
         syncs = bench_syncs(sim.url)
         work = full_batches(corpus, batches, syncs)
@@ -69,6 +71,8 @@ def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, 
             client.reset()
             client.set_faults(latency_ms=latency_ms)
             more = _in_flight_figures(_send(work, syncs, MORE_IN_FLIGHT, client)[1], latency_ms / 1000.0)
+        one_key = sink_drain.run(corpus, sim, syncs, requests=drain_requests, limits=in_flight_limits,
+                                 latency_ms=latency_ms, log=log)
     latency = latency_ms / 1000.0
     figures = _in_flight_figures(requests, latency)
     objects = figures["objects"]
@@ -89,6 +93,14 @@ def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, 
     }
     if more is not None:
         result.update({f"in_flight_{MORE_IN_FLIGHT}_{k}": v for k, v in more.items() if k != "objects"})
+    own = {k: v["objects_per_s"] for k, v in one_key["drain_own_users"].items()}
+    result.update({
+        "steady_objects_per_s_per_key": one_key["steady"]["objects_per_s"],
+        "drain_objects_per_s": {k: v["objects_per_s"] for k, v in one_key["drain_corpus_users"].items()},
+        "drain_objects_per_s_own_users": own,
+        "drain_speedup_own_users": {k: round(v / own[min(own, key=int)], 2) for k, v in own.items()},
+        "one_key": one_key,
+    })
     log(f"  sink: {result['objects_per_s']} objects/s, max in flight {result['max_in_flight']}"
         + (f"; with --braze_max_in_flight={MORE_IN_FLIGHT}: {more['objects_per_s']} objects/s, "
            f"mean in flight {more['mean_in_flight']}" if more else ""))

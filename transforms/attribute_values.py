@@ -38,10 +38,18 @@ MISSING = object()
 
 def same(a, b) -> bool:
     """Equal and of the same JSON type (Python says True == 1 == 1.0; Braze does not)."""
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
+    if kind is str or kind is int or kind is float or kind is bool or a is None:  # most values
+        return a == b
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):  # a loop, not all(generator): lists are compared often (arrays)
+            if not same(x, y):
+                return False
+        return True
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return a == b

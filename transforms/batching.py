@@ -193,7 +193,17 @@ def _merged(group: List[BrazeItem]) -> BrazeItem:
 
 def pack(items: List[BrazeItem], limits: RequestLimits) -> List[List[BrazeItem]]:
     """Split items, in order, into requests as ``_PackDoFn`` does (for tests and the benchmark)."""
-    requests, batch, fill = [], [], EMPTY_FILL
+    requests: List[List[BrazeItem]] = []
+    batch, _ = pack_more([], EMPTY_FILL, items, limits, requests)
+    if batch:
+        requests.append(collapse(batch))
+    return requests
+
+
+def pack_more(batch: List[BrazeItem], fill, items, limits: RequestLimits, requests: list):
+    """``pack`` resumed: go on filling the open request ``batch`` (with its ``fill``) with
+    ``items``, appending each request that closes to ``requests`` (collapsed); returns the open
+    request's ``(batch, fill)``, so the caller can feed more items later."""
     for item in items:
         size = object_size(item)
         added = admit_last(fill, item, size, limits)
@@ -207,9 +217,7 @@ def pack(items: List[BrazeItem], limits: RequestLimits) -> List[List[BrazeItem]]
         if limits.full(fill[0]):
             requests.append(collapse(batch))
             batch, fill = [], EMPTY_FILL
-    if batch:
-        requests.append(collapse(batch))
-    return requests
+    return batch, fill
 
 
 def shard_key(sync: str, user_key: str, shards: int) -> str:

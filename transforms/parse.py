@@ -43,6 +43,7 @@ PLACEHOLDER_IDS = frozenset({
     "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
     "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",
 })
+_LONGEST_PLACEHOLDER = max(len(i) for i in PLACEHOLDER_IDS)
 # Amplitude reserves these in event streaming.
 RESERVED_EVENT_TYPES = frozenset({"_all", "_identify"})
 
@@ -99,7 +100,8 @@ def _check_ids(raw: dict) -> None:
             continue
         if not isinstance(value, str):
             raise ParseError("invalid_id_type", f"'{field}' must be a string, got {type(value).__name__}")
-        if value.strip().lower() in PLACEHOLDER_IDS:
+        stripped = value.strip()
+        if len(stripped) <= _LONGEST_PLACEHOLDER and stripped.lower() in PLACEHOLDER_IDS:
             placeholders.append(f"{field}={value!r}")
         elif len(value) > MAX_STRING_CHARS:
             raise ParseError("id_too_long", f"'{field}' has {len(value)} characters; Amplitude allows {MAX_STRING_CHARS}")
@@ -152,13 +154,13 @@ def parse_message(
         ), data
         return
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        yield f"{message_id}/0", ParseError("invalid_encoding", f"the message is not UTF-8: {e}"), data
-        return
-    try:
-        decoded = orjson.loads(data)
+        decoded = orjson.loads(data)  # refuses bytes that are not UTF-8 as well
     except orjson.JSONDecodeError as e:
+        try:
+            data.decode("utf-8")  # which of the two, for the reason: only on this failure path
+        except UnicodeDecodeError as not_utf8:
+            yield f"{message_id}/0", ParseError("invalid_encoding", f"the message is not UTF-8: {not_utf8}"), data
+            return
         reason = "too_deep" if "depth" in str(e) else "invalid_json"
         yield f"{message_id}/0", ParseError(reason, f"the message is not JSON we can read: {e}"), data
         return

@@ -240,8 +240,14 @@ def clean_attribute_value(value, max_array_length: int = DEFAULT_MAX_ARRAY_LENGT
     objects), a nested object, ``{"inc": n}``, or ``{"add": [...]}`` / ``{"remove": [...]}``
     (both may appear). ``None`` stays ``None`` (it removes the attribute, on purpose). Pure; see
     the module docstring for every rule and the safe side taken where Braze is silent."""
-    if isinstance(max_array_length, bool) or not isinstance(max_array_length, int) or max_array_length < 1:
+    if max_array_length is not DEFAULT_MAX_ARRAY_LENGTH and (
+            isinstance(max_array_length, bool) or not isinstance(max_array_length, int) or max_array_length < 1):
         raise ValueError(f"max_array_length must be an integer >= 1, got {max_array_length!r}")
+    if type(value) is str:  # most values: checked first, and a short one needs no cut
+        if len(value) * 4 <= MAX_STRING_BYTES:
+            return AttributeValue(value)
+        value, cut = cut_string(value)
+        return AttributeValue(value, ("truncated_string",) if cut else ())
     changes: Changes = []
     if value is None or isinstance(value, bool):
         return AttributeValue(value)
