@@ -129,9 +129,8 @@ class _Progress:
         if not accounted and not requests:
             state = "the job is starting"
         elif now - self._changed_at >= 2 * self._every:
-            # Seen at the end of every run here: the last few messages of a burst wait in the runner.
-            state = (f"nothing new for {now - self._changed_at:.0f} s: Beam's local runner can hold the last "
-                     "messages of a burst for up to 30 s")
+            state = (f"nothing new for {now - self._changed_at:.0f} s: the job may be holding requests "
+                     "(Braze failing?) or stuck; its log is at the path above")
         else:
             state = f"{requests} requests to Braze"
         self._say(f"demo: {now - self._started:4.0f} s  accounted for {accounted}/{total} "

@@ -77,7 +77,7 @@ class EventsToBraze(beam.PTransform):
         max_retry_seconds: float = 120.0,
         outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
         hold_backoff_cap_seconds: float = 300.0,
-        max_in_flight: int = 1,
+        max_in_flight: int = 4,
         dedup_window_seconds: float = 600.0,
         user_state_ttl_days: float = 30.0,
         lateness_seconds: float = DEFAULT_LATENESS_SECONDS,

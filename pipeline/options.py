@@ -167,7 +167,7 @@ class StreamOptions(PipelineOptions):
         braze.add_argument(
             "--braze_max_in_flight",
             type=int,
-            default=1,
+            default=4,
             help="Requests of one batch key in flight at once when several are ready, as when the "
             "key drains after an outage (1 to 64). Two requests with a user in common never overlap "
             "and keep their order.",

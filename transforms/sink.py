@@ -428,10 +428,12 @@ class _BrazeSinkDoFn(beam.DoFn):
                                      hold)
         deadline = now + DRAIN_SECONDS_PER_FIRING
         rewrite = False
+        # A drain is not throttled on the client side: the first request of each chunk is the
+        # probe, and Braze's answer to it decides whether the key goes on holding.
         while entries and self._clock() < deadline:
             chunk = entries[:max(1, self._params.max_in_flight) * 4]
             outcome = self._send_all([p.request for p in chunk], 1, 0.0,
-                                     first_ambiguous=hold.ambiguous, first_retrying=True)
+                                     first_ambiguous=hold.ambiguous, first_retrying=True, throttle=False)
             yield from outcome.outputs
             still = {p.request.seq: p for p in outcome.held}
             kept = []
