@@ -1,17 +1,17 @@
-"""The cohorts file's rules (``pipeline.cohort_config`` holds the records and says what each field
-means): the shared validator helpers (``pipeline.config_validation``) plus what only this file
+"""The cohorts file's rules (``transforms.cohorts.model`` holds the records, and
+``pipeline.cohort_config`` says what each field means): the shared validator helpers (``pipeline.config_validation``) plus what only this file
 has. The walk follows the document's order, so the problem list is stable.
 """
 from __future__ import annotations
 
 import re
 
-from pipeline.cohort_config import (
+from pipeline.config_validation import Validator, is_number, join_path, type_name
+from transforms.cohorts.model import (
     ATTRIBUTE_VALUES, CADENCES, DEFAULT_ATTRIBUTE, DEFAULT_MAX_REMOVED_SHARE, DEFAULT_PARTNER, DEFAULT_TARGET,
     DELIVERY_MODES, MAPPING_TYPES, RECONCILE, REGIONS, SOURCES, AmplitudeSettings, CohortConfig, CohortSync,
     EmailSettings, Target, UserMapping, monthly_downloads,
 )
-from pipeline.config_validation import Validator, is_number, join_path, type_name
 
 __all__ = ["CohortValidator"]
 

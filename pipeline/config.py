@@ -23,9 +23,10 @@ that is not an identifier or control field, one source per Braze name.
 Secrets: ``api_key`` is only ever a reference, and no message here quotes it (nor the
 endpoint URL, which could carry credentials; only its host is quoted).
 
-This module holds the syncs file's model, its public API and its own rules; the rules for
-``events.select`` conditions and for mappings are beside it (``pipeline.config_conditions``,
-``pipeline.config_mappings``). What it shares with the cohorts file lives beside it too:
+This module holds the syncs file's public API and its own rules; the model it builds
+(``Sync`` and its parts) is ``transforms.model``, which the transforms import, and every model
+name stays importable from here. The rules for ``events.select`` conditions and for mappings
+are beside it (``pipeline.config_conditions``, ``pipeline.config_mappings``). What it shares with the cohorts file lives beside it too:
 reading and decoding (``pipeline.config_documents``), the validator helpers and
 ``ConfigError`` (``pipeline.config_validation``), and the Braze endpoint allow-list
 (``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
@@ -33,7 +34,6 @@ reading and decoding (``pipeline.config_documents``), the validator helpers and
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Tuple
 
 # ALLOWED_ENDPOINTS, ConfigError and decode_document are re-exported (see the docstring);
@@ -43,75 +43,19 @@ from pipeline.config_documents import decode_document, format_for_name, read_byt
 # The filter and mapping rules live beside this module; their models and constants are
 # re-exported here (Condition, EventSelector, OPERATORS, FieldMapping), with the key lists the
 # schema test compares (_SELECTOR_KEYS, _CONDITION_KEYS).
-from pipeline.config_conditions import CONDITION_KEYS as _CONDITION_KEYS, OPERATORS  # noqa: F401
+from pipeline.config_conditions import CONDITION_KEYS as _CONDITION_KEYS  # noqa: F401
 from pipeline.config_conditions import SELECTOR_KEYS as _SELECTOR_KEYS  # noqa: F401
-from pipeline.config_conditions import Condition, EventSelector, SelectRules
-from pipeline.config_mappings import FieldMapping, MappingRules, attribute_name_problem, event_property_name_problem
+from pipeline.config_conditions import SelectRules
+from pipeline.config_mappings import MappingRules, attribute_name_problem, event_property_name_problem
 from pipeline.config_validation import (
     DOTTED_PATH_RE, DOTTED_PATH_TEXT, ConfigError, Validator, choice_hint, join_path, type_name,
 )
-
-IDENTIFIER_TYPES = ("external_id", "braze_id", "user_alias")
-# How a sync delivers: live sends to Braze; shadow builds the same requests and publishes their
-# bodies to --shadow_topic instead (README, "Shadow mode"), so a new sync can be watched on live
-# traffic before it is turned on.
-LIVE = "live"
-SHADOW = "shadow"
-MODES = (LIVE, SHADOW)
-ANONYMOUS_TYPES = ("user_alias",)  # an anonymous device's profile: an alias, later merged by /users/identify
-
-
-@dataclasses.dataclass(frozen=True)
-class AnonymousIdentifier:
-    """Where events without the main identifier's value go: an alias profile per device, merged
-    into the external_id profile by /users/identify when the device first shows a user_id."""
-
-    type: str = "user_alias"  # one of ANONYMOUS_TYPES
-    source: str = "device_id"  # Amplitude field, dotted path allowed; the alias name
-    alias_label: str = ""  # the alias label (required in the file)
-
-
-@dataclasses.dataclass(frozen=True)
-class Identifier:
-    type: str = "external_id"  # one of IDENTIFIER_TYPES
-    source: str = "user_id"  # Amplitude field, dotted path allowed
-    alias_label: Optional[str] = None  # required when type is user_alias
-    anonymous: Optional[AnonymousIdentifier] = None  # only with type external_id
-
-
-@dataclasses.dataclass(frozen=True)
-class UserSettings:
-    enabled: bool = False
-    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
-    update_existing_only: bool = False
-    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze attribute
-
-
-@dataclasses.dataclass(frozen=True)
-class EventSettings:
-    enabled: bool = False
-    select: Tuple[EventSelector, ...] = ()
-    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
-    purchases: bool = False  # revenue events → Braze purchase objects (transforms/purchases.py)
-    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze event property
-
-
-@dataclasses.dataclass(frozen=True)
-class Sync:
-    name: str
-    endpoint: str
-    api_key: str  # a reference: env:NAME or projects/P/secrets/S/versions/V, never a key
-    enabled: bool = True
-    app_id: Optional[str] = None
-    identifier: Identifier = Identifier()
-    users: UserSettings = UserSettings()
-    events: EventSettings = EventSettings()
-    mode: str = LIVE  # one of MODES
-
-    @property
-    def shadow(self) -> bool:
-        return self.mode == SHADOW
-
+# The model is a leaf module of transforms/ (the transforms read it and never import pipeline/);
+# every name stays importable from here.
+from transforms.model import (  # noqa: F401
+    ANONYMOUS_TYPES, IDENTIFIER_TYPES, LIVE, MODES, OPERATORS, SHADOW, AnonymousIdentifier, Condition,
+    EventSelector, EventSettings, FieldMapping, Identifier, Sync, UserSettings, enabled_syncs, shadow_syncs,
+)
 
 __all__ = [
     "ALLOWED_ENDPOINTS", "ANONYMOUS_TYPES", "AnonymousIdentifier", "Condition", "ConfigError", "EventSelector",
@@ -166,16 +110,6 @@ def parse_syncs(document, *, source: str = "<syncs>", allow_insecure_endpoints: 
     Braze simulator); otherwise only the Braze REST hosts in ``ALLOWED_ENDPOINTS``.
     """
     return _parse(document, source, allow_insecure_endpoints, [])
-
-
-def enabled_syncs(syncs) -> Tuple[Sync, ...]:
-    """The syncs whose status is enabled, in file order."""
-    return tuple(s for s in syncs if s.enabled)
-
-
-def shadow_syncs(syncs) -> Tuple[Sync, ...]:
-    """The enabled syncs in shadow mode, in file order: the job needs --shadow_topic for them."""
-    return tuple(s for s in syncs if s.enabled and s.shadow)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ thing with the name kept. So one set of rules applies to both, here:
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Dict, Optional, Tuple
 
 from pipeline.config_validation import DOTTED_PATH_RE, DOTTED_PATH_TEXT, join_path, type_name
+from transforms.model import FieldMapping
 from transforms.standard_attributes import STANDARD_ATTRIBUTES, UNSUPPORTED_ATTRIBUTES
 
 __all__ = ["FieldMapping", "AMPLITUDE_EVENT_FIELDS", "ATTRIBUTE_IDENTIFIERS", "ATTRIBUTE_CONTROL_FIELDS", "EVENT_OBJECT_FIELDS",
@@ -36,13 +36,6 @@ __all__ = ["FieldMapping", "AMPLITUDE_EVENT_FIELDS", "ATTRIBUTE_IDENTIFIERS", "A
 MAPPING_KEYS = ("from", "to")
 MAX_BRAZE_NAME_CHARS = 255
 
-
-@dataclasses.dataclass(frozen=True)
-class FieldMapping:
-    """One ``{from, to}`` entry (re-exported by ``pipeline.config``, with the other models)."""
-
-    source: str  # ``from``: an Amplitude event field, dotted path (``user_properties.Email Address``)
-    target: str  # ``to``: the Braze attribute or event property name
 
 # Braze's primary identifiers on an object (braze-api.md §1.3), and the alias array of an export.
 ATTRIBUTE_IDENTIFIERS = frozenset(("external_id", "braze_id", "user_alias", "user_aliases"))

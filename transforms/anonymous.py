@@ -53,7 +53,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import orjson
 
-from pipeline.config import AnonymousIdentifier, Identifier
+from transforms.model import AnonymousIdentifier, Identifier
 from transforms.braze_client import OK, Response, TransportError, Verdict, classify
 from transforms.identifiers import IdentifierMapper
 

@@ -44,7 +44,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.anonymous import DEFAULT_SETTLE_SECONDS, on_event, on_timer as merge_due
 from transforms.coders import STATE_CODER, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded

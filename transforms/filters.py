@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Tuple
 
-from pipeline.config import Condition, EventSelector
+from transforms.model import Condition, EventSelector
 
 __all__ = ["MISSING", "compile_condition", "compile_path", "compile_selectors", "get_path"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from pipeline.config import Identifier
+from transforms.model import Identifier
 
 _MISSING = object()
 

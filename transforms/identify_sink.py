@@ -48,7 +48,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.coders import MERGE, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure as StageFailure, count_internal_error, failure_of, guarded
 from transforms.identify_sending import KIND, IdentifySender, MergeMetrics, Settled, entry_body

@@ -41,7 +41,7 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.anonymous import AnonymousRouting, anonymous_user_key
 from transforms.coders import typed
 from transforms.guard import INTERNAL_ERROR, Failure, guarded

@@ -49,7 +49,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.coders import REQUEST, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import Failure as StageFailure
 from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of, guarded

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 from apache_beam.metrics import Metrics
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient
 from transforms.scrub import scrub

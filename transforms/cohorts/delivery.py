@@ -44,7 +44,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from pipeline.cohort_config import CohortSync, Target, UserMapping
+from transforms.cohorts.model import CohortSync, Target, UserMapping
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient, classify
 from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference

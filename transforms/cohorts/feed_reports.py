@@ -29,7 +29,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, EmailSettings, Target
+from transforms.cohorts.model import CohortSync, EmailSettings, Target
 from transforms.cohorts.records import FAILED, Result
 from transforms.guard import count_internal_error, failure_of
 

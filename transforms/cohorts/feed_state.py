@@ -31,7 +31,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, Target
+from transforms.cohorts.model import CohortSync, Target
 from transforms.cohorts.feed import DEAD_LETTER_TAG, FeedBatch, feed_dead_letter
 from transforms.cohorts.members import mapped_value
 from transforms.cohorts.records import ADD, REMOVE, SKIPPED, UNRESOLVED_MAPPING, Result

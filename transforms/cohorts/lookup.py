@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 
 import orjson
 
-from pipeline.cohort_config import Target, UserMapping
+from transforms.cohorts.model import Target, UserMapping
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient, Response, TransportError, classify
 from transforms.cohorts.records import FAILED, LOOKUP_FAILED, SKIPPED, UNKNOWN_TO_BRAZE, Change, Result

@@ -31,7 +31,7 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.cohort_config import UserMapping
+from transforms.cohorts.model import UserMapping
 from transforms.cohorts.records import ADD, INVALID_ROW, SKIPPED, UNRESOLVED_MAPPING, Result
 
 __all__ = ["ReadSnapshot", "ResolveMembers", "SKIPPED_TAG", "snapshot_format", "read_csv_header",

@@ -18,7 +18,7 @@ import smtplib
 import ssl
 from typing import Callable, Optional
 
-from pipeline.cohort_config import EmailSettings
+from transforms.cohorts.model import EmailSettings
 from transforms.scrub import remember_secret, scrub
 from transforms.secrets import SecretError, resolve_api_key
 

@@ -33,7 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, Target
+from transforms.cohorts.model import CohortSync, Target
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy
 from transforms.cohorts.feed import DEAD_LETTER_TAG, feed_dead_letter
 from transforms.cohorts.records import ADD, FAILED, REMOVE, Change
