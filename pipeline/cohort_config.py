@@ -21,7 +21,7 @@ Two forms (seed ``braze-cohort-sync.md``, "Set up multiple API key targets"):
 A target: ``endpoint``, ``api_key`` (a reference), ``delivery`` and ``user_mapping``.
 
 * ``delivery: partner`` (the default): Braze's partner cohort-import endpoints
-  (braze-api.md §5). ``api_key`` is the customer's *Data Import Key* (sent as
+  (docs/api-facts.md, B15). ``api_key`` is the customer's *Data Import Key* (sent as
   ``client_secret``), ``partner_api_key`` (required) the key Braze issued to the partner, and
   ``partner`` the path segment of ``/partners/<partner>/cohorts`` (default ``amplitude``; the
   reference marks Amplitude's exact path **unconfirmed**, so it is a setting).
@@ -29,7 +29,7 @@ A target: ``endpoint``, ``api_key`` (a reference), ``delivery`` and ``user_mappi
   (for teams without a partner key). ``api_key`` is a REST API key with ``users.track``;
   ``attribute`` names the array (default ``amplitude_cohorts``); ``attribute_value`` says what
   goes in it: ``label`` (default) is ``"[Amplitude] <cohort name>: <cohort id>"``, the form in
-  which Braze shows Amplitude cohorts (amplitude.md §4.2), ``cohort_id`` the bare id.
+  which Braze shows Amplitude cohorts (docs/api-facts.md, A5), ``cohort_id`` the bare id.
   ``/users/track`` cannot address a user by device id, so ``device_id`` mapping needs
   ``partner`` delivery.
 
@@ -44,7 +44,7 @@ delivery falls back to ``api_key``. A partner target must give ``lookup_api_key`
 alias name, default ``user_id``).
 
 A cohort sync: ``name``, ``cohort_id``, ``cohort_name``, ``target``, ``cadence`` and ``source``,
-where its membership comes from (amplitude.md §8):
+where its membership comes from (docs/api-facts.md, A6 and A7):
 
 * ``feed``: Amplitude's "Google Pub/Sub (Cohort Sync)" destination; the streaming mode of the job
   reads its subscription. ``cadence`` is what was chosen in Amplitude (``real_time``, ``hourly``

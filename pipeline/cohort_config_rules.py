@@ -89,7 +89,7 @@ class CohortValidator(Validator):
         return CohortConfig(tuple(targets), tuple(syncs), email, legacy, amplitude)
 
     def sources(self, syncs, targets, amplitude, has_amplitude):
-        """Rules across a sync, its target and the amplitude section (amplitude.md §8)."""
+        """Rules across a sync, its target and the amplitude section (docs/api-facts.md, A6, A7)."""
         for i, sync in enumerate(syncs):
             path = f"cohort_syncs[{i}]"
             target = targets.get(sync.target)

@@ -27,6 +27,7 @@ import apache_beam as beam
 
 from pipeline.config import Sync
 from transforms.batching import PackRequests
+from transforms.braze_facts import DEFAULT_ARRAY_LENGTH
 from transforms.coders import typed
 from transforms.dedup import DropRepeats
 from transforms.anonymous import DEFAULT_SETTLE_SECONDS
@@ -49,7 +50,7 @@ from transforms.secrets import resolve_api_key
 from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, SHADOW_TAG, WriteToBraze
 
 DEFAULT_LATENESS_SECONDS = 2.0
-DEFAULT_MAX_ARRAY_LENGTH = 25
+DEFAULT_MAX_ARRAY_LENGTH = DEFAULT_ARRAY_LENGTH
 
 
 def _nothing(outcome):

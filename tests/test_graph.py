@@ -2,7 +2,7 @@
 
 Assertions read the simulator's state (what Braze would hold) and the dead letters the graph
 produced; outcomes are collected through a side-effect sink because ``assert_that`` misses
-output emitted when the final window closes (reference peers.md D.3).
+output emitted when the final window closes (docs/api-facts.md, D5).
 """
 import collections
 

@@ -3,7 +3,7 @@ events share one request, several updates collapse into one object, the state ex
 its TTL, and a generated stream makes no redundant attribute write.
 
 Outputs are collected through a side-effect sink, as in ``test_graph`` (``assert_that``
-misses output emitted when the final window closes, reference peers.md D.3). Clocks are
+misses output emitted when the final window closes, docs/api-facts.md, D5). Clocks are
 injected (``_zero_clock``) because under TestStream processing time starts at 0, not at wall
 time, so a timer set from ``time.time()`` would never fire.
 """

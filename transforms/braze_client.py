@@ -6,8 +6,8 @@ Three separate things live here, none of them Beam-aware:
 * ``build_track_body``: a batch of ``BrazeItem`` → the request body, plus the map that leads
   Braze's ``errors[]`` entries (``input_array``, ``index``) back to the item that failed.
 * ``BrazeClient``: one ``requests.Session`` that only sends one body and turns transport
-  failures into ``TransportError``. It makes no decisions (STYLE.md, "Keep the transport
-  apart from the policy").
+  failures into ``TransportError``. It makes no decisions: the transport stays apart from
+  the policy, so either can change alone.
 * ``classify``, ``retry_wait_seconds`` and ``backoff_seconds``: pure functions the sink's
   policy is built from, tested with tables.
 
@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import orjson
 import requests
 
+from transforms.braze_facts import IDENTIFY_PATH, TRACK_PATH
 from transforms.records import ATTRIBUTES, EVENTS, KINDS, PURCHASES, BrazeItem
 from transforms.scrub import scrub
 from transforms.secrets import key_problem
@@ -40,8 +41,6 @@ __all__ = [
     "build_track_body", "BrazeClient", "classify", "retry_wait_seconds", "backoff_seconds",
 ]
 
-TRACK_PATH = "/users/track"
-IDENTIFY_PATH = "/users/identify"  # bodies: transforms.anonymous.identify_bodies
 
 # Verdict actions: what the sink should do with the batch it sent.
 OK = "ok"  # accepted; objects named in item_errors failed, the rest are delivered
@@ -72,7 +71,7 @@ _MAX_INPUT_LENGTH = "max input length exceeded"
 _TEXT_SNIPPET_CHARS = 500
 # X-RateLimit-Reset values at or below this are read as "seconds from now" (the MAU-plan
 # reading, seconds left in an hourly window); larger values that are not in the future are
-# past epoch instants (the general reading) and mean "no wait". braze-api.md 2.4.
+# past epoch instants (the general reading) and mean "no wait". docs/api-facts.md, B11.
 _RESET_DELTA_MAX_SECONDS = 24 * 3600
 
 
@@ -286,8 +285,8 @@ def _maybe_sent(exc: BaseException) -> bool:
 
 
 def classify(response: Union[Response, TransportError]) -> Verdict:
-    """Braze's answer (or the transport failure) → what the sink should do. See DESIGN.md,
-    "Braze sink and failures", and braze-api.md sections 1.8 and 2."""
+    """Braze's answer (or the transport failure) → what the sink should do. See ``docs/architecture.md``,
+    "Delivery", and ``docs/api-facts.md``, B2 and B10."""
     if isinstance(response, TransportError):
         if getattr(response, "permanent", False):
             reason = API_KEY_INVALID if response.kind == INVALID_KEY else REQUEST_FAILED
@@ -320,7 +319,7 @@ def classify(response: Union[Response, TransportError]) -> Verdict:
         return Verdict(FAIL, permanent[status], f"HTTP {status}: {shown}".rstrip(": "), status)
     if status in (408, 429) or 500 <= status < 600:
         # 502 failed before reaching Braze, 503 lacked capacity: not applied. 500/504 and the
-        # rest may have been accepted before the failure (braze-api.md 2.2 and 6).
+        # rest may have been accepted before the failure (docs/api-facts.md, B10 and B16).
         maybe_applied = status >= 500 and status not in (502, 503)
         return Verdict(RETRY, f"http_{status}", f"HTTP {status}: {shown}".rstrip(": "), status,
                        rate_limited=status == 429, maybe_applied=maybe_applied)
@@ -357,7 +356,7 @@ def retry_wait_seconds(headers: Mapping[str, str], now_epoch: float,
 
     In order: ``Retry-After`` (seconds or an HTTP date), ``X-Ratelimit-Retry-After``
     (seconds), then ``X-RateLimit-Reset``: an epoch instant when it lies in the future, else
-    seconds from now when it is small (both readings are documented, braze-api.md 2.4).
+    seconds from now when it is small (both readings are documented, docs/api-facts.md, B11).
     Header names are matched case-insensitively.
     """
     h = {str(k).lower(): str(v).strip() for k, v in (headers or {}).items()}

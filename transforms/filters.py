@@ -12,7 +12,7 @@ some level, the rest of the path is tried there as one literal key (``event_prop
 way) is *missing*.
 
 Operator semantics. Amplitude documents its streaming-filter operators only in part
-(``reference/amplitude.md`` §2.2: the full streaming list is unconfirmed; its segment
+(``docs/api-facts.md``, A4: the full streaming list is unconfirmed; its segment
 operators say ``contains`` is case-insensitive). Where it is silent we take the conservative
 reading: a condition holds only when the value clearly satisfies it, and no type coercion.
 

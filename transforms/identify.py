@@ -1,7 +1,7 @@
 """The identify branch: Amplitude user-property operations → Braze attribute objects.
 
 Braze bills every attribute it receives, changed or not, and does not order separate
-requests (reference braze-api.md §6); Amplitude's own Braze stream sends selected properties
+requests (docs/api-facts.md, B17); Amplitude's own Braze stream sends selected properties
 "only when they change". So per (sync, user) the job keeps, in Beam state and with no
 lookups, what Braze holds for each selected property as far as the job knows, and sends only
 what changes it. Operations come from ``$identify`` events; other events carry a snapshot of
@@ -98,6 +98,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms.attribute_values import MISSING, NOT_ATTRIBUTES, contains, edit_known_list, \
     is_identify_attributes, is_number, is_operation, is_scalar, merge_attribute_items, merge_attribute_value, \
     same, unique
+from transforms.braze_facts import INT64_MAX, INT64_MIN, MAX_ARRAY_LENGTH
 from transforms.coders import STATE_CODER, WORK, JsonBag, JsonValue
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
 from transforms.records import ATTRIBUTES, DEAD_LETTERED, IDENTIFY, NO_PREDECESSOR, SKIPPED, TRACK, BrazeItem, \
@@ -116,7 +117,7 @@ OUTCOME_TAG = "outcomes"
 DEAD_LETTER_TAG = "dead_letters"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600.0
 EXPIRY_SLACK = 0.01  # the state expires between 99% and 100% of the TTL after the last update
-MAX_TRACKED_VALUES = 100  # values remembered per unknown array (Braze keeps at most 100 per array)
+MAX_TRACKED_VALUES = MAX_ARRAY_LENGTH  # values remembered per unknown array (Braze keeps at most this many)
 
 ARRAY_ADD_OPS = ("$append", "$postInsert", "$prepend", "$preInsert")
 ABSOLUTE_OPS = ("$set", "$unset", "$setOnce")
@@ -132,11 +133,10 @@ NOT_A_LIST = "not_a_list"  # array edit on a value that is not an array
 INVALID_OPERAND = "invalid_operand"  # $add of a non-number; array values Braze cannot add
 FRACTIONAL_INCREMENT = "fractional_increment"  # Braze's inc takes integers only
 NUMBER_OUT_OF_RANGE = "number_out_of_range"  # beyond Braze's 64-bit integers, or not finite
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 def in_braze_number_range(value) -> bool:
-    """A number Braze can store: a 64-bit signed integer or a finite float (braze-api.md §9.6)."""
+    """A number Braze can store: a 64-bit signed integer or a finite float (docs/api-facts.md, B7)."""
     if isinstance(value, int):
         return INT64_MIN <= value <= INT64_MAX
     return is_number(value)
@@ -183,7 +183,7 @@ def apply_updates(updates: Iterable[Tuple[str, str, object]], state: Optional[di
     """Apply one event's updates (at event time ``time_ms``) to a user's state.
 
     ``max_array_length``: a known array keeps only its newest values, as Braze's own arrays do
-    (braze-api.md §9.3), so the whole array the job sends never outgrows Braze's limit."""
+    (docs/api-facts.md, B6), so the whole array the job sends never outgrows Braze's limit."""
     state = state if isinstance(state, dict) else {}
     props = {k: v for k, v in (state.get("p") or {}).items() if k in selected}
     start = dict(props)

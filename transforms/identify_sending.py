@@ -5,7 +5,7 @@ entries (``transforms.anonymous.identify_bodies``), by the rules ``transforms.se
 to ``/users/track`` where Braze answers alike (``classify_identify``):
 
 * 2xx "success": every entry of the body is sent. Braze says only that it *received* them
-  (an alias that names nobody is dropped silently, braze-api.md §4.2); ``errors[]`` entries
+  (an alias that names nobody is dropped silently, docs/api-facts.md, B13); ``errors[]`` entries
   cannot be traced to entries on this endpoint, so they are logged, not dead-lettered.
 * 400 for several entries: the halves are sent, to find the entry Braze refuses; one entry
   alone is refused (``braze_rejected`` with Braze's message). 413: the halves too.
@@ -20,7 +20,7 @@ to ``/users/track`` where Braze answers alike (``classify_identify``):
 
 Rate: Braze allows 20,000 requests a minute for ``/users/identify``, ``/users/alias/new``,
 ``/users/merge``, ``/users/delete`` and ``/users/alias/update`` together, per workspace,
-apart from ``/users/track`` (§2.3). A sync's calls are made by one key of the sink (one worker
+apart from ``/users/track`` (docs/api-facts.md, B11). A sync's calls are made by one key of the sink (one worker
 at a time), at most ``requests_per_minute`` of them (``IDENTIFY_REQUESTS_PER_MINUTE``, a twentieth
 of Braze's limit, so other syncs and tools on the workspace keep the rest); with 50 entries a
 call that is 50,000 merges a minute per sync. Nothing here touches Beam state.
@@ -37,6 +37,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import braze_client as bc
 from transforms.anonymous import IdentifyRequest, classify_identify, identify_bodies, identify_request_problem
+from transforms.braze_facts import ALIAS_REQUESTS_PER_MINUTE
 from transforms.braze_client import TransportError, backoff_seconds, retry_wait_seconds
 from transforms.records import MergeRequest
 from transforms.sink_state import Budget, Failure, SyncState
@@ -45,7 +46,9 @@ __all__ = ["IDENTIFY_REQUESTS_PER_MINUTE", "KIND", "MergeMetrics", "Settled", "I
 
 _LOG = logging.getLogger("transforms.identify_sink")
 
-IDENTIFY_REQUESTS_PER_MINUTE = 1000
+# A twentieth of Braze's shared limit (docs/api-facts.md, B11), so other callers of the same
+# workspace keep the rest.
+IDENTIFY_REQUESTS_PER_MINUTE = ALIAS_REQUESTS_PER_MINUTE // 20
 KIND = "aliases_to_identify"  # a dead letter's ``kind``: its data is a /users/identify body
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 

@@ -1,7 +1,7 @@
 """One /users/track request, tried until it is settled or must be held (the sink's policy).
 
-``RequestSender.send`` sends one request's objects and applies every rule of DESIGN.md, "Braze
-sink and failures", built from the pure rules in ``transforms.braze_client``:
+``RequestSender.send`` sends one request's objects and applies every rule of ``docs/architecture.md``,
+"Delivery", built from the pure rules in ``transforms.braze_client``:
 
 * 2xx "success": delivered, except the objects Braze names in ``errors[]``, which are refused
   with Braze's text.
@@ -173,7 +173,7 @@ class RequestSender:
             if verdict.rate_limited:
                 m.rate_limited.inc()
             # The failed request may have been applied; Braze has no idempotency key, so a
-            # retry may duplicate events (braze-api.md section 6), and it is counted when made.
+            # retry may duplicate events (docs/api-facts.md, B16), and it is counted when made.
             ambiguous = ambiguous or verdict.maybe_applied
             header_wait = None
             if verdict.rate_limited and isinstance(answer, bc.Response):

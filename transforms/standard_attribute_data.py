@@ -5,7 +5,7 @@ Data only, embedded so no new dependency is needed. Each line of a table is
 punctuation and a leading "the" do not matter), and a spelling that would lead to two codes
 fails the import (``tests/test_standard_attributes.py`` imports it).
 
-Countries: ISO 3166-1, 249 entries: alpha-2 (what Braze takes, reference braze-api.md §1.7),
+Countries: ISO 3166-1, 249 entries: alpha-2 (what Braze takes, docs/api-facts.md, B8),
 then alpha-3, then the English short name and the spellings geo-IP databases and Amplitude
 use ("United States", "United Kingdom", "South Korea", "Czechia", ...). Left out on purpose,
 because they name no one country: bare "Korea", "America", "Gaelic", "Kosovo" (``XK`` is not
@@ -15,7 +15,7 @@ Languages: Braze's own list (braze-docs ``_docs/_user_guide/data/user_data_colle
 language_codes.md``: mostly ISO 639-1, plus ``fil``, ``haw``, ``gsw`` and others, and ``nb``
 for Norwegian), each with Braze's name for it and the English names Amplitude stores (its
 HTTP API rewrites a language tag such as ``en-US`` to a name such as ``English``; reference
-amplitude.md §1.1).
+docs/api-facts.md, A1).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fetching a cohort's members from Amplitude's Behavioral Cohorts API (amplitude.md §8.1).
+"""Fetching a cohort's members from Amplitude's Behavioral Cohorts API (docs/api-facts.md, A7).
 
 Three steps, on ``https://amplitude.com`` (US) or ``https://analytics.eu.amplitude.com`` (EU),
 with HTTP Basic auth (the project's API key and secret key):

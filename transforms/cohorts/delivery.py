@@ -1,6 +1,6 @@
 """Delivering cohort changes to Braze: the two modes, and the Beam transform.
 
-Modes (``Target.delivery``; braze-api.md §5 and §1):
+Modes (``Target.delivery``; docs/api-facts.md, B15 and B1):
 
 * ``partner``: ``POST {endpoint}/partners/{partner}/cohorts`` names the cohort (called by the
   job before any membership call, on the first sync and when the cohort was renamed), then
@@ -47,6 +47,7 @@ from apache_beam.metrics import Metrics
 from transforms.cohorts.model import CohortSync, Target, UserMapping
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient, classify
+from transforms.braze_facts import MAX_OBJECTS_PER_REQUEST, MAX_PARTNER_IDS
 from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference
 from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
 from transforms.cohorts.transport import RETRIES_EXHAUSTED, PartnerClient, RetryPolicy, classify_partner, \
@@ -63,8 +64,8 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-PARTNER_MAX_IDS = 1000  # user_ids + device_ids + aliases, per request (braze-api.md §5)
-TRACK_MAX_OBJECTS = 75  # objects per /users/track request (braze-api.md §1.2)
+PARTNER_MAX_IDS = MAX_PARTNER_IDS  # user_ids + device_ids + aliases, per request (docs/api-facts.md, B15)
+TRACK_MAX_OBJECTS = MAX_OBJECTS_PER_REQUEST  # objects per /users/track request (B2)
 METRICS_NAMESPACE = "cohorts"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 
@@ -74,7 +75,7 @@ API_KEY_UNAVAILABLE = "api_key_unavailable"
 
 
 def cohort_label(sync: CohortSync) -> str:
-    """How Braze shows an Amplitude cohort: ``[Amplitude] <name>: <id>`` (amplitude.md §4.2)."""
+    """How Braze shows an Amplitude cohort: ``[Amplitude] <name>: <id>`` (docs/api-facts.md, A5)."""
     return f"[Amplitude] {sync.cohort_name}: {sync.cohort_id}"
 
 

@@ -1,4 +1,4 @@
-"""The feed's two keyed steps, and the fan-out to the cohort's syncs (amplitude.md §8.4, 4):
+"""The feed's two keyed steps, and the fan-out to the cohort's syncs (docs/api-facts.md, A6):
 
 * **Drop repeats** by ``message_id`` (Amplitude retries; Pub/Sub redelivers): state per
   message id, kept ``dedup_seconds``, a repeat counted (``cohort_feed/duplicate_messages``).

@@ -7,7 +7,7 @@
   that was not given back (the process died) expires after its duration.
 * **The month's download count** (``<state_dir>/amplitude/downloads-<YYYY-MM>.json``):
   Amplitude allows a fixed number of cohort downloads a month (500 on Growth/Enterprise,
-  amplitude.md §8.1; every "request a download" call counts). Each run reserves one *before*
+  docs/api-facts.md, A7; every "request a download" call counts). Each run reserves one *before*
   the call, so a call that fails still counts, and refuses when the month's count has reached
   the budget less the reserve (``--use_download_reserve`` lets a hand run use the reserve, never
   the budget). Whether the budget is per project or per organisation is unconfirmed: every

@@ -43,14 +43,15 @@ import orjson
 
 from transforms.cohorts.model import Target, UserMapping
 from transforms import braze_client as bc
+from transforms.braze_facts import EXPORT_IDS_PATH, MAX_EXPORT_IDS
 from transforms.braze_client import BrazeClient, Response, TransportError, classify
 from transforms.cohorts.records import FAILED, LOOKUP_FAILED, SKIPPED, UNKNOWN_TO_BRAZE, Change, Result
 
 __all__ = ["EXPORT_MAX_IDS", "EXPORT_PATH", "FIELDS_TO_EXPORT", "ExportClient", "classify_lookup",
            "known_keys", "lookup_bodies", "lookup_key_reference", "check_users"]
 
-EXPORT_PATH = "/users/export/ids"
-EXPORT_MAX_IDS = 50  # external_ids or user_aliases per request; device_id is one per request
+EXPORT_PATH = EXPORT_IDS_PATH
+EXPORT_MAX_IDS = MAX_EXPORT_IDS  # external_ids or user_aliases per request; device_id is one per request
 FIELDS_TO_EXPORT = ("external_id", "user_aliases", "braze_id")
 UNKNOWN_DETAIL = "Braze has no such user (/users/export/ids); not sent, as Braze never creates users from a cohort"
 

@@ -9,7 +9,7 @@ change per user wins (by time, then arrival), and the changes go out through the
 
 Failures: changes whose request failed after the retries stay buffered, unless a newer change
 for that user arrived, and go again at the next flush ("changes are sent once the issue is
-resolved", amplitude.md §3.1), and their FAILED results go to the reports (a failed hour is
+resolved", docs/api-facts.md, A5), and their FAILED results go to the reports (a failed hour is
 emailed). The *final* flush (drain, end of input) cannot wait for a next one: its failed changes
 go to the dead letters, each as a feed message for that user a replay can republish, never
 dropped. An unexpected error in a flush dead-letters the buffered changes the same way
