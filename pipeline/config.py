@@ -8,7 +8,8 @@ cannot express is that sync names are unique).
 - ``load_syncs(path_or_uri)``: a local path or ``gs://`` URI, YAML or JSON.
 - ``loads_syncs(text)`` / ``parse_syncs(document)``: the same from text or a parsed document.
 - ``enabled_syncs(syncs)``: the syncs whose status is enabled; ``shadow_syncs(syncs)``: those of
-  them in shadow mode.
+  them in shadow mode; ``require_enabled_syncs(syncs, source)``: the enabled ones, or the
+  ``ConfigError`` every entry point gives for a file that enables none.
 
 Defaults: ``enabled`` true; ``mode`` live (``shadow``: the job builds the sync's requests and
 publishes them to ``--shadow_topic`` instead of sending them); identifier ``external_id`` from
@@ -60,7 +61,8 @@ from transforms.model import (  # noqa: F401
 __all__ = [
     "ALLOWED_ENDPOINTS", "ANONYMOUS_TYPES", "AnonymousIdentifier", "Condition", "ConfigError", "EventSelector",
     "EventSettings", "FieldMapping", "IDENTIFIER_TYPES", "Identifier", "LIVE", "MODES", "OPERATORS", "SHADOW", "Sync",
-    "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs", "shadow_syncs",
+    "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs", "require_enabled_syncs",
+    "shadow_syncs",
 ]
 
 
@@ -110,6 +112,18 @@ def parse_syncs(document, *, source: str = "<syncs>", allow_insecure_endpoints: 
     Braze simulator); otherwise only the Braze REST hosts in ``ALLOWED_ENDPOINTS``.
     """
     return _parse(document, source, allow_insecure_endpoints, [])
+
+
+NO_ENABLED_SYNC = "syncs: no sync is enabled; set 'enabled: true' on at least one"
+
+
+def require_enabled_syncs(syncs, source: str) -> Tuple[Sync, ...]:
+    """The enabled syncs, or ``ConfigError`` naming ``source`` when there are none: the rule every
+    entry point applies (the streaming job, the preview, the checker), defined once."""
+    enabled = enabled_syncs(syncs)
+    if not enabled:
+        raise ConfigError(source, [NO_ENABLED_SYNC])
+    return enabled
 
 
 # --------------------------------------------------------------------------------------------

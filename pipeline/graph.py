@@ -91,9 +91,9 @@ class EventsToBraze(beam.PTransform):
         clock: Callable[[], float] = time.time,
     ):
         super().__init__()
+        # The entry points refuse a syncs file that enables no sync (pipeline.config.require_enabled_syncs);
+        # given none here, the sink's argument check says so.
         self._syncs = tuple(s for s in syncs if s.enabled)
-        if not self._syncs:
-            raise ValueError("no enabled sync: set 'enabled: true' on at least one sync in the syncs file")
         self._dedup_window = dedup_window_seconds
         if isinstance(user_state_ttl_days, bool) or not isinstance(user_state_ttl_days, (int, float)) \
                 or not user_state_ttl_days > 0:

@@ -40,7 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from pipeline.cli import help_text, usable_argv
-from pipeline.config import SHADOW, ConfigError, Sync, enabled_syncs, load_syncs
+from pipeline.config import SHADOW, ConfigError, Sync, load_syncs, require_enabled_syncs
 from pipeline.graph import EventsToBraze
 from pipeline.local_runner import without_fnapi_state_cache
 from pipeline.options import StreamOptions, _bool
@@ -174,9 +174,7 @@ def preview(all_syncs: Sequence[Sync], lines: Sequence[Tuple[int, bytes]], *,
     started = time.monotonic()
     if publish_time_ms is None:
         publish_time_ms = int((time.time() - PUBLISHED_SECONDS_AGO) * 1000)
-    syncs = tuple(dataclasses.replace(s, mode=SHADOW) for s in enabled_syncs(all_syncs))
-    if not syncs:
-        raise ConfigError("<syncs>", ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    syncs = tuple(dataclasses.replace(s, mode=SHADOW) for s in require_enabled_syncs(all_syncs, "<syncs>"))
     run_id = uuid.uuid4().hex
     _RUNS[run_id] = {"requests": [], "outcomes": [], "dead_letters": []}
     without_fnapi_state_cache()

@@ -182,11 +182,7 @@ class DecideMerges(beam.PTransform):
     def __init__(self, syncs: Tuple[Sync, ...], settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  ttl_seconds: float = DEFAULT_TTL_SECONDS):
         super().__init__()
-        for name, value in (("settle_seconds", settle_seconds), ("ttl_seconds", ttl_seconds)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds!r}")
+        # Both come checked from the entry point (--anonymous_settle_seconds, --user_state_ttl_days).
         self._labels = alias_labels(syncs)
         self._settle = settle_seconds
         self._ttl = ttl_seconds

@@ -490,8 +490,6 @@ class IdentifyDoFn(beam.DoFn):
     def __init__(self, selected_by_sync: Dict[str, Tuple[str, ...]], ttl_seconds: float = DEFAULT_TTL_SECONDS,
                  clock=time.time, lateness_seconds: float = 0.0, max_array_length: Optional[int] = None,
                  shadow_syncs: Iterable[str] = ()):
-        if not is_number(ttl_seconds) or ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be a number > 0, got {ttl_seconds!r}")
         if not is_number(lateness_seconds) or lateness_seconds < 0:
             raise ValueError(f"lateness_seconds must be a number >= 0, got {lateness_seconds!r}")
         self._selected = {sync: frozenset(props) for sync, props in selected_by_sync.items()}
