@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 from transforms.model import EventSettings, FieldMapping, UserSettings
 from transforms.filters import MISSING, compile_path
-from transforms.identify import OPERATIONS
+from transforms.identify_ops import OPERATIONS
 from transforms.sanitize import clean_properties
 from transforms.standard_attributes import formatter_for
 
