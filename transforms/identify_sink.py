@@ -52,9 +52,9 @@ from transforms.model import Sync
 from transforms.coders import MERGE, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure as StageFailure, count_internal_error, failure_of, guarded
 from transforms.identify_sending import KIND, IdentifySender, MergeMetrics, Settled, entry_body
-from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
-    split_expired
+from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, split_expired
 from transforms.records import BRAZE_OBJECT, DeadLetter, MergeRequest, utc_now_iso
+from transforms.retry_policy import hold_delay
 from transforms.secrets import resolve_api_key
 from transforms.sink_state import Failure, SyncState
 
@@ -333,7 +333,7 @@ class _MergeSinkDoFn(beam.DoFn):
 
     def _delay(self, retries: int, wait_hint: Optional[float]) -> float:
         cap = self._params.hold_backoff_cap_seconds
-        return retry_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, cap), cap, self._rng)
+        return hold_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, cap), cap, self._rng)
 
     def _count_held(self, requests: Iterable[MergeRequest], sign: int) -> None:
         for request in requests:

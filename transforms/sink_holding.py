@@ -20,8 +20,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms.coders import REQUEST, JsonBag, JsonValue
 from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of
-from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
-    split_expired
+from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, split_expired
+from transforms.retry_policy import hold_delay
 from transforms.sink_dispatch import STAGE, Dispatched, dead_letter_outputs
 from transforms.sink_state import Failure
 
@@ -159,7 +159,7 @@ class HoldingMixin:
         held.clear()
 
     def _hold_delay(self, retries: int, wait_hint: Optional[float]) -> float:
-        return retry_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, self._params.hold_backoff_cap_seconds),
+        return hold_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, self._params.hold_backoff_cap_seconds),
                            self._params.hold_backoff_cap_seconds, self._rng)
 
     def _final_round(self, held: HeldQueue):

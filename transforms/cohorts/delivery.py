@@ -50,8 +50,8 @@ from transforms.braze_client import BrazeClient, classify
 from transforms.braze_facts import MAX_OBJECTS_PER_REQUEST, MAX_PARTNER_IDS
 from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference
 from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
-from transforms.cohorts.transport import RETRIES_EXHAUSTED, PartnerClient, RetryPolicy, classify_partner, \
-    send_with_retries
+from transforms.cohorts.transport import PartnerClient, classify_partner
+from transforms.retry_policy import RETRIES_EXHAUSTED, RetryPolicy, send_with_retries
 from transforms.guard import INTERNAL_ERROR, guarded
 from transforms.scrub import remember_secret
 from transforms.secrets import SecretError, resolve_api_key
@@ -247,7 +247,7 @@ class CohortDeliverer:
     def _send(self, client, body: bytes, judge) -> Tuple[bc.Verdict, int]:
         def send():
             self._requests.inc()
-            return client.post_track(body)
+            return client.post(body)
 
         return send_with_retries(send, judge, self.policy, self._sleep, self._clock, self._rng)
 

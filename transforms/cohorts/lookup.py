@@ -122,13 +122,7 @@ class ExportClient(BrazeClient):
     to ``/users/export/ids``."""
 
     def __init__(self, endpoint: str, api_key: str, timeout_seconds: float, session=None):
-        super().__init__(endpoint, api_key, timeout_seconds, session)
-        self.url = self.endpoint + EXPORT_PATH
-
-    def __repr__(self) -> str:
-        return f"ExportClient(url={self.url!r}, timeout_seconds={self.timeout_seconds})"
-
-    __str__ = __repr__
+        super().__init__(endpoint, api_key, timeout_seconds, session, path=EXPORT_PATH)
 
 
 Send = Callable[[bytes, Callable], Tuple[bc.Verdict, int]]
