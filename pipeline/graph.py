@@ -135,12 +135,12 @@ class EventsToBraze(beam.PTransform):
         batches = [routed.track, typed(identified.batches, UserBatch)]
         if self._replayed is not None:
             checked = self._replayed | "ReadReplayedObjects" >> ReadReplayedObjects(self._all_syncs)
-            batches.append(checked.objects | "ReplayedObjectsAsBatches" >> beam.Map(
+            batches.append(checked.objects | "WrapReplayedObjects" >> beam.Map(
                 lambda item: UserBatch(item.sync, item.user_key, (item,), 0, NO_PREDECESSOR)
             ).with_output_types(UserBatch))
             outcomes.append(typed(checked[REPLAY_OUTCOMES], Outcome))
             dead_letters.append(typed(checked[REPLAY_DEAD_LETTERS], DeadLetter))
-        packed = tuple(batches) | "AllBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
+        packed = tuple(batches) | "FlattenBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
         outcomes.append(packed.outcomes)
         dead_letters.append(packed.dead_letters)
         written = packed.requests | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
@@ -149,13 +149,13 @@ class EventsToBraze(beam.PTransform):
 
         merges = routed[ANONYMOUS_TAG] | "DecideMerges" >> DecideMerges(self._syncs, **self._merge)
         dead_letters.append(merges[MERGE_DEAD_LETTERS])
-        track_progress = written.outcomes | "TrackSinkProgress" >> beam.FlatMap(_nothing).with_output_types(
+        track_progress = written.outcomes | "FollowTrackSink" >> beam.FlatMap(_nothing).with_output_types(
             Tuple[str, MergeRequest])
         calls = ((merges.requests, track_progress) | "MergeRequestsAfterTrack" >> beam.Flatten()
                  | "SendMerges" >> SendMerges(self._syncs, **self._identify_calls))
         dead_letters.append(calls[IDENTIFY_CALL_DEAD_LETTERS])
         return {
-            "outcomes": typed(tuple(outcomes) | "AllOutcomes" >> beam.Flatten(), Outcome),
-            "dead_letters": typed(tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten(), DeadLetter),
+            "outcomes": typed(tuple(outcomes) | "FlattenOutcomes" >> beam.Flatten(), Outcome),
+            "dead_letters": typed(tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten(), DeadLetter),
             "shadow": typed(written[SHADOW_TAG], ShadowRequest),
         }

@@ -126,8 +126,8 @@ def sample_messages(pipeline: beam.Pipeline, lines: Sequence[Tuple[int, bytes]],
     """The sample as the job's input: one Pub/Sub message per line, its id the line number,
     published at ``publish_time_ms``."""
     return (pipeline
-            | "SampleLines" >> beam.Create(list(lines), reshuffle=False)
-            | "AsPubsubMessages" >> beam.Map(_message, publish_time_ms))
+            | "CreateSampleLines" >> beam.Create(list(lines), reshuffle=False)
+            | "MakePubsubMessages" >> beam.Map(_message, publish_time_ms))
 
 
 def insert_ids(lines: Sequence[Tuple[int, bytes]], publish_time_ms: int) -> Tuple[Dict[str, Optional[str]], int]:
@@ -183,7 +183,7 @@ def preview(all_syncs: Sequence[Sync], lines: Sequence[Tuple[int, bytes]], *,
             results = sample_messages(p, lines, publish_time_ms) | "EventsToBraze" >> EventsToBraze(
                 syncs, resolve_key=_no_key, **settings)
             for name, output in (("requests", "shadow"), ("outcomes", "outcomes"), ("dead_letters", "dead_letters")):
-                results[output] | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
+                results[output] | "Collect" + name.title().replace("_", "") >> beam.Map(_collect, run_id, name)
         collected = _RUNS[run_id]
     finally:
         _RUNS.pop(run_id, None)

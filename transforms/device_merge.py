@@ -188,7 +188,7 @@ class DecideMerges(beam.PTransform):
         self._ttl = ttl_seconds
 
     def expand(self, sightings):
-        decided = sightings | "PerDevice" >> beam.ParDo(
+        decided = sightings | "DecidePerDevice" >> beam.ParDo(
             _DecideMergesDoFn(self._labels, self._settle, self._ttl)
         ).with_outputs(DEAD_LETTER_TAG, main="requests")
         typed(decided.requests, Tuple[str, MergeRequest])

@@ -373,7 +373,7 @@ class SendMerges(beam.PTransform):
         self._resolve_key, self._sleep, self._clock = resolve_key, sleep, clock
 
     def expand(self, requests):
-        written = requests | "PerSync" >> beam.ParDo(_MergeSinkDoFn(
+        written = requests | "SendPerSync" >> beam.ParDo(_MergeSinkDoFn(
             self._syncs, self._params, self._resolve_key, self._sleep, self._clock)
         ).with_outputs(SENT_TAG, DEAD_LETTER_TAG, main="unused")
         typed(written[SENT_TAG], MergeRequest)

@@ -307,11 +307,11 @@ class DeliverChanges(beam.PTransform):
         shards = self._shards
         return (
             changes
-            | "Key by operation and shard" >> beam.Map(
+            | "KeyByOperationAndShard" >> beam.Map(
                 lambda c: (f"{c.op}:{zlib.crc32(c.key.encode('utf-8')) % shards}", c)).with_output_types(
                     typing.Tuple[str, Change])
-            | "Group into requests" >> beam.GroupIntoBatches(self._batch)
-            | "Send to Braze" >> beam.ParDo(_DeliverDoFn(self._deliverer))
+            | "GroupIntoRequests" >> beam.GroupIntoBatches(self._batch)
+            | "SendToBraze" >> beam.ParDo(_DeliverDoFn(self._deliverer))
         )
 
 

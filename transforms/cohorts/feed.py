@@ -227,5 +227,5 @@ class ParseFeed(beam.PTransform):
         self._known = tuple(sorted(set(known_cohorts)))
 
     def expand(self, messages):
-        return messages | "Parse feed messages" >> beam.ParDo(_ParseFeedDoFn(self._known)).with_outputs(
+        return messages | "ParseFeedMessages" >> beam.ParDo(_ParseFeedDoFn(self._known)).with_outputs(
             DEAD_LETTER_TAG, main="batches")

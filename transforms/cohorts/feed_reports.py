@@ -161,7 +161,7 @@ class FeedReports(beam.PTransform):
 
     def expand(self, results):
         return (results
-                | "Key by sync and period" >> beam.FlatMap(_keyed(self._clock)).with_output_types(
+                | "KeyBySyncAndPeriod" >> beam.FlatMap(_keyed(self._clock)).with_output_types(
                     typing.Tuple[str, str])
-                | "Write period reports" >> beam.ParDo(
+                | "WritePeriodReports" >> beam.ParDo(
                     _ReportDoFn(self._routes, self._report_dir, self._email, self._clock)))

@@ -105,9 +105,9 @@ class DropRepeatedMessages(beam.PTransform):
 
     def expand(self, batches):
         return (batches
-                | "Key by message_id" >> beam.Map(lambda b: (b.message_id, tuple(b))).with_output_types(
+                | "KeyByMessageId" >> beam.Map(lambda b: (b.message_id, tuple(b))).with_output_types(
                     typing.Tuple[str, typing.Tuple])
-                | "Drop repeats" >> beam.ParDo(_DropRepeatsDoFn(self._dedup_seconds, self._clock)).with_outputs(
+                | "DropRepeats" >> beam.ParDo(_DropRepeatsDoFn(self._dedup_seconds, self._clock)).with_outputs(
                     DEAD_LETTER_TAG, main="batches"))
 
 
@@ -180,14 +180,14 @@ class NewestChangePerUser(beam.PTransform):
         self._clock = clock
 
     def expand(self, batches):
-        split = batches | "One change per user" >> beam.ParDo(_SplitUsersDoFn()).with_outputs(
+        split = batches | "SplitUsers" >> beam.ParDo(_SplitUsersDoFn()).with_outputs(
             UNORDERED_TAG, DEAD_LETTER_TAG, main="keyed")
         newest = (split.keyed
-                  | "Typed" >> beam.Map(lambda kv: kv).with_output_types(typing.Tuple[str, typing.Tuple])
-                  | "Newest computed_time wins" >> beam.ParDo(_NewestDoFn(self._ttl, self._clock)).with_outputs(
+                  | "TypeChanges" >> beam.Map(lambda kv: kv).with_output_types(typing.Tuple[str, typing.Tuple])
+                  | "KeepNewestChange" >> beam.ParDo(_NewestDoFn(self._ttl, self._clock)).with_outputs(
                       DEAD_LETTER_TAG, main="changes"))
-        changes = (newest.changes, split[UNORDERED_TAG]) | "All changes" >> beam.Flatten()
-        dead = (split[DEAD_LETTER_TAG], newest[DEAD_LETTER_TAG]) | "Dead letters" >> beam.Flatten()
+        changes = (newest.changes, split[UNORDERED_TAG]) | "FlattenChanges" >> beam.Flatten()
+        dead = (split[DEAD_LETTER_TAG], newest[DEAD_LETTER_TAG]) | "FlattenDeadLetters" >> beam.Flatten()
         return {"changes": changes, DEAD_LETTER_TAG: dead}
 
 
@@ -223,7 +223,7 @@ class FanOutToSyncs(beam.PTransform):
                 (sync.name, target.user_mapping.type, target.user_mapping.source))
 
     def expand(self, changes):
-        return changes | "To each sync" >> beam.ParDo(_FanOutDoFn(self._routes)).with_outputs(
+        return changes | "FanOut" >> beam.ParDo(_FanOutDoFn(self._routes)).with_outputs(
             SKIPPED_TAG, DEAD_LETTER_TAG, main="changes")
 
 

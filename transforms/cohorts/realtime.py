@@ -103,9 +103,9 @@ class FlushAndDeliver(beam.PTransform):
         shards = self._shards
         return (
             changes
-            | "Key by shard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, tuple(c)))
+            | "KeyByShard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, tuple(c)))
             .with_output_types(typing.Tuple[int, typing.Tuple])
-            | "Buffer, flush and send" >> beam.ParDo(
+            | "BufferFlushAndSend" >> beam.ParDo(
                 _FlushDoFn(self._deliverer, self._flush_seconds, self._clock)).with_outputs(
                     DEAD_LETTER_TAG, main="results")
         )
