@@ -1,6 +1,7 @@
 """Lookup tables for ``transforms.standard_attributes``: countries and Braze's languages.
 
-Data only, embedded so no new dependency is needed. Each line of a table is
+A data table, so exempt from the ~400-line rule for modules (docs/architecture.md, "Layout"):
+data only, embedded so no new dependency is needed. Each line of a table is
 ``CODE|name|other spelling|...``; names are matched after ``normalise_name`` (case, accents,
 punctuation and a leading "the" do not matter), and a spelling that would lead to two codes
 fails the import (``tests/test_standard_attributes.py`` imports it).
@@ -14,7 +15,7 @@ an ISO code).
 Languages: Braze's own list (braze-docs ``_docs/_user_guide/data/user_data_collection/
 language_codes.md``: mostly ISO 639-1, plus ``fil``, ``haw``, ``gsw`` and others, and ``nb``
 for Norwegian), each with Braze's name for it and the English names Amplitude stores (its
-HTTP API rewrites a language tag such as ``en-US`` to a name such as ``English``; reference
+HTTP API rewrites a language tag such as ``en-US`` to a name such as ``English``;
 docs/api-facts.md, A1).
 """
 from __future__ import annotations
