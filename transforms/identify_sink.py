@@ -56,7 +56,7 @@ from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQu
 from transforms.records import BRAZE_OBJECT, DeadLetter, MergeRequest, utc_now_iso
 from transforms.retry_policy import hold_delay
 from transforms.secrets import resolve_api_key
-from transforms.sink_state import Failure, SyncState
+from transforms.sink_state import Failure, SyncState, close_all
 
 __all__ = ["STAGE", "DEAD_LETTER_TAG", "SENT_TAG", "SendMerges"]
 
@@ -140,11 +140,7 @@ class _MergeSinkDoFn(beam.DoFn):
         self._sender = IdentifySender(sleep=self._sleep, clock=self._clock, rng=self._rng)
 
     def teardown(self):
-        for state in self._states.values():
-            try:
-                state.close()
-            except Exception:  # noqa: BLE001 - teardown must reach every session
-                _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
+        close_all(self._states.values())
 
     @guarded(STAGE, _failed_request)
     def process(self, element, timestamp=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),

@@ -60,7 +60,7 @@ from transforms.shadow import SHADOW_TAG, ShadowCounters
 # (through outages); their names used by other modules stay importable from here.
 from transforms.sink_dispatch import DEAD_LETTER_TAG, STAGE, UNKNOWN_SYNC, DispatchMixin, dead_letter_outputs
 from transforms.sink_holding import HoldingMixin, held_queue
-from transforms.sink_state import METRICS_NAMESPACE, Failure, SyncState
+from transforms.sink_state import METRICS_NAMESPACE, Failure, SyncState, close_all
 
 __all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STAGE", "METRICS_NAMESPACE",
            "RETRIES_EXHAUSTED", "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE",
@@ -259,11 +259,7 @@ class _BrazeSinkDoFn(HoldingMixin, DispatchMixin, beam.DoFn):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        for state in self._states.values():
-            try:
-                state.close()
-            except Exception:  # noqa: BLE001 - teardown must reach every session
-                _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
+        close_all(self._states.values())
 
     # -----------------------------------------------------------------------------------------
     # Arrival: in packing order, then sent, or held behind an outage.

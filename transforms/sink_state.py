@@ -63,6 +63,16 @@ class Failure(NamedTuple):
     attempts: int
 
 
+def close_all(states) -> None:
+    """Close every sync's sessions (a DoFn's teardown): one that fails is logged, never raised,
+    so every other session is still closed."""
+    for state in states:
+        try:
+            state.close()
+        except Exception:  # noqa: BLE001 - teardown must reach every session
+            _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
+
+
 class SyncMetrics:
     """Counters and distributions for one sync, named ``<sync>.<metric>`` in namespace braze."""
 

@@ -62,15 +62,21 @@ def _batch_of(element) -> FeedBatch:
     return value if isinstance(value, FeedBatch) else FeedBatch(*value)
 
 
-def _dead_letter_of_batch(stage):
+def _dead_letter_with(stage, as_feed_json):
+    """``guarded``'s fallback for a feed step: the element as a feed message a replay can send
+    again (``as_feed_json``), or as text when it cannot be one, dead-lettered ``internal_error``."""
     def on_error(dofn, element, failure):
         try:
-            data = batch_json(_batch_of(element))
+            data = as_feed_json(element)
         except Exception:  # noqa: BLE001 - describe it as text when it cannot be JSON
             data = repr(element).encode("utf-8", "replace")[:100_000]
         yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(data, "internal_error", failure.detail, stage,
                                                                     error_class=failure.error_class))
     return on_error
+
+
+def _dead_letter_of_batch(stage):
+    return _dead_letter_with(stage, lambda element: batch_json(_batch_of(element)))
 
 
 class _DropRepeatsDoFn(beam.DoFn):
@@ -132,17 +138,14 @@ class _SplitUsersDoFn(beam.DoFn):
                 yield pvalue.TaggedOutput(UNORDERED_TAG, change)
 
 
+def _change_json(element) -> bytes:
+    change = element[1] if isinstance(element, tuple) and len(element) == 2 else element
+    when, in_cohort, user_id, props, cohort_id, message_id = change
+    return batch_json(FeedBatch(message_id, cohort_id, "", in_cohort, when, ((user_id, props),)))
+
+
 def _dead_letter_of_change(stage):
-    def on_error(dofn, element, failure):
-        change = element[1] if isinstance(element, tuple) and len(element) == 2 else element
-        try:
-            when, in_cohort, user_id, props, cohort_id, message_id = change
-            data = batch_json(FeedBatch(message_id, cohort_id, "", in_cohort, when, ((user_id, props),)))
-        except Exception:  # noqa: BLE001
-            data = repr(element).encode("utf-8", "replace")[:100_000]
-        yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(data, "internal_error", failure.detail, stage,
-                                                                    error_class=failure.error_class))
-    return on_error
+    return _dead_letter_with(stage, _change_json)
 
 
 class _NewestDoFn(beam.DoFn):

@@ -25,6 +25,7 @@ import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.cohorts.objects import objects_for
+from transforms.cohorts.records import iso_seconds, utc_now
 from transforms.cohorts.state import StateError, quote
 
 __all__ = ["BudgetExhausted", "Lease", "LeaseHeld", "acquire_lease", "release_lease", "reserve_download",
@@ -48,12 +49,8 @@ class Lease(NamedTuple):
     expires_at: str
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _iso(dt: datetime.datetime) -> str:
-    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+_now = utc_now
+_iso = iso_seconds
 
 
 def _parse(text) -> Optional[datetime.datetime]:
