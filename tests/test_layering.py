@@ -44,3 +44,12 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from pipeline.config import Sync\n    return Sync\n")
     assert (4, "pipeline") in list(imported_packages(module))
+
+
+def test_the_readmes_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    missing = [str(path.relative_to(ROOT)) for folder in ("pipeline", "transforms", "local")
+               for path in modules_of(folder)
+               if path.name not in ("__init__.py", "__main__.py") and path.name not in layout]
+    assert missing == [], "modules the README's Layout section does not name: " + ", ".join(missing)

@@ -16,7 +16,7 @@ failures in a row it is dead-lettered as ``retries_exhausted``, so it cannot hol
 the whole budget. (Failures during an outage, before Braze answers anything again, are no
 strikes: when Braze recovers, every key's first request is retried, not given up.)
 
-State per key (docs/architecture.md, "State"): the queue (a bag of ``Parked`` requests, one append
+State per key (docs/architecture.md, "The stateful stages"): the queue (a bag of ``Parked`` requests, one append
 per request held) and one small ``Hold`` record. The queue is read once per retry; handled
 entries at its front are skipped by count and the bag is rewritten only when at least half of it
 was handled, so each held request is written O(1) times however long the outage.
