@@ -11,7 +11,8 @@ its parts) is ``transforms.cohorts.model``, re-exported here; the JSON Schema fo
 cannot express, the loader checks: unique names, that a sync's target exists, field
 combinations that depend on the delivery mode or the source, the download budget).
 
-Two forms (seed ``braze-cohort-sync.md``, "Set up multiple API key targets"):
+Two forms (several named API-key targets, as Amplitude's Braze cohort destination lets a user
+choose "the account you want to sync to", docs/api-facts.md, A5):
 
 * ``targets:`` a list of named targets; each cohort sync names one with ``target``.
 * Backward compatibility: no ``targets`` list, the target's keys (``endpoint``, ``api_key``,

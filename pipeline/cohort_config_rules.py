@@ -15,7 +15,7 @@ from transforms.cohorts.model import (
 
 __all__ = ["CohortValidator"]
 
-# Target names may hold spaces ("US Production", as in the seed); files use them URL-quoted.
+# Target names may hold spaces ("US Production"); files use them URL-quoted.
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
 _COHORT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PARTNER_RE = re.compile(r"[a-z0-9_-]{1,64}")

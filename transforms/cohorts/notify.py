@@ -1,4 +1,5 @@
-"""The email every run sends, on success and on failure (seed: "Email notifications").
+"""The email every run sends, on success and on failure (as Amplitude's own cohort syncs do,
+docs/api-facts.md, A5).
 
 Plain ``smtplib`` to the configured server: STARTTLS or SMTPS (``ssl``), and a login with a
 password *reference* (``env:NAME`` / Secret Manager, read through ``transforms.secrets``) only
