@@ -1,5 +1,6 @@
 """The cohorts file's rules (``transforms.cohorts.model`` holds the records, and
-``pipeline.cohort_config`` says what each field means): the shared validator helpers (``pipeline.config_validation``) plus what only this file
+``pipeline.cohort_config`` says what each field means): the shared validator helpers
+(``pipeline.config_validation``) plus what only this file
 has. The walk follows the document's order, so the problem list is stable.
 """
 from __future__ import annotations

@@ -27,10 +27,10 @@ endpoint URL, which could carry credentials; only its host is quoted).
 This module holds the syncs file's public API and its own rules; the model it builds
 (``Sync`` and its parts) is ``transforms.model``, which the transforms import, and every model
 name stays importable from here. The rules for ``events.select`` conditions and for mappings
-are beside it (``pipeline.config_conditions``, ``pipeline.config_mappings``). What it shares with the cohorts file lives beside it too:
-reading and decoding (``pipeline.config_documents``), the validator helpers and
-``ConfigError`` (``pipeline.config_validation``), and the Braze endpoint allow-list
-(``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
+are beside it (``pipeline.config_conditions``, ``pipeline.config_mappings``). What it shares
+with the cohorts file lives beside it too: reading and decoding (``pipeline.config_documents``),
+the validator helpers and ``ConfigError`` (``pipeline.config_validation``), and the Braze
+endpoint allow-list (``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
 ``Condition``, ``EventSelector``, ``OPERATORS`` and ``FieldMapping`` stay importable from here.
 """
 from __future__ import annotations
