@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from local.amplitude_sim import AmplitudeSimulator
 from local.amplitude_sim.feed import FeedPublisher
 from local.braze_sim import BrazeSimulator, SimClient
 from local.pubsub_emulator import PubSubEmulator
+from local.stack import stop_process_group
 
 KNOWN = [f"u{i}" for i in range(1, 11)]  # in Braze before any sync; "ghost" is not
 T = 1767225600  # computed_time of the first feed batch (2026-01-01T00:00:00Z)
@@ -139,13 +139,7 @@ def _feed(emulator, state_dir, config_path, env, say) -> int:
             say("  !! expected exactly one dead letter, for the unknown cohort")
             failures += 1
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
+        stop_process_group(job)
     return failures
 
 

@@ -35,6 +35,18 @@ from transforms.scrub import renderings
 from transforms.secrets import EMULATOR_HOST_ENV, key_problem
 
 
+
+def stop_process_group(job: Optional[subprocess.Popen], timeout_seconds: float = 15.0) -> None:
+    """End a job started in its own process group (``start_new_session``): SIGTERM, then SIGKILL
+    if it has not ended within ``timeout_seconds``. Nothing to do when it already ended."""
+    if job is not None and job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
 class JobFailed(RuntimeError):
     pass
 
@@ -129,14 +141,7 @@ class JobOnLocalStack(contextlib.AbstractContextManager):
         self._stack.close()
 
     def _stop_job(self) -> None:
-        job = self.job
-        if job is not None and job.poll() is None:
-            os.killpg(job.pid, signal.SIGTERM)
-            try:
-                job.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
+        stop_process_group(self.job)
 
     # -- use ------------------------------------------------------------------------------------
 

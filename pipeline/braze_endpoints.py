@@ -13,19 +13,10 @@ from typing import Optional, Tuple
 
 __all__ = ["ALLOWED_ENDPOINTS", "ENDPOINT_FIX", "check_endpoint", "compact_hosts"]
 
-# Braze REST endpoints (reference/braze-api.md §3). No US-09 exists in any source.
-ALLOWED_ENDPOINTS = tuple(
-    [f"https://rest.iad-0{n}.braze.com" for n in range(1, 9)]
-    + [
-        "https://rest.us-10.braze.com",
-        "https://rest.fra-01.braze.eu",
-        "https://rest.fra-02.braze.eu",
-        "https://rest.au-01.braze.com",
-        "https://rest.id-01.braze.com",
-        "https://rest.jp-01.braze.com",
-        "https://rest.kr-01.braze.com",
-    ]
-)
+from transforms.braze_facts import REST_HOSTS
+
+# Braze's REST hosts (docs/api-facts.md, B12), the only endpoints accepted by default.
+ALLOWED_ENDPOINTS = REST_HOSTS
 _ALLOWED_ENDPOINT_SET = frozenset(ALLOWED_ENDPOINTS)
 
 

@@ -42,7 +42,7 @@ from transforms.cohorts.amplitude_api import AmplitudeError, CohortDownloader
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy, attribute_value
 from transforms.cohorts.lease import LeaseHeld, acquire_lease, release_lease, reserve_download
 from transforms.cohorts.notify import send_run_email
-from transforms.cohorts.records import ADD, FAILED, REMOVE, Result
+from transforms.cohorts.records import ADD, FAILED, REMOVE, Result, iso_seconds, utc_now
 from transforms.cohorts.report import build_report, report_paths, write_report
 from transforms.cohorts.state import StateError, StateStore, new_run_id
 from transforms.secrets import SecretError, resolve_api_key
@@ -111,12 +111,8 @@ class SyncOutcome:
     csv_path: str
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _iso(dt: datetime.datetime) -> str:
-    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+_now = utc_now
+_iso = iso_seconds
 
 
 def plan_sync(config: CohortConfig, sync_name: str, state_dir: str, *, report_dir: str = "",

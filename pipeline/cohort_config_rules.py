@@ -1,21 +1,22 @@
-"""The cohorts file's rules (``pipeline.cohort_config`` holds the records and says what each field
-means): the shared validator helpers (``pipeline.config_validation``) plus what only this file
+"""The cohorts file's rules (``transforms.cohorts.model`` holds the records, and
+``pipeline.cohort_config`` says what each field means): the shared validator helpers
+(``pipeline.config_validation``) plus what only this file
 has. The walk follows the document's order, so the problem list is stable.
 """
 from __future__ import annotations
 
 import re
 
-from pipeline.cohort_config import (
+from pipeline.config_validation import Validator, is_number, join_path, type_name
+from transforms.cohorts.model import (
     ATTRIBUTE_VALUES, CADENCES, DEFAULT_ATTRIBUTE, DEFAULT_MAX_REMOVED_SHARE, DEFAULT_PARTNER, DEFAULT_TARGET,
     DELIVERY_MODES, MAPPING_TYPES, RECONCILE, REGIONS, SOURCES, AmplitudeSettings, CohortConfig, CohortSync,
     EmailSettings, Target, UserMapping, monthly_downloads,
 )
-from pipeline.config_validation import Validator, is_number, join_path, type_name
 
 __all__ = ["CohortValidator"]
 
-# Target names may hold spaces ("US Production", as in the seed); files use them URL-quoted.
+# Target names may hold spaces ("US Production"); files use them URL-quoted.
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
 _COHORT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PARTNER_RE = re.compile(r"[a-z0-9_-]{1,64}")
@@ -89,7 +90,7 @@ class CohortValidator(Validator):
         return CohortConfig(tuple(targets), tuple(syncs), email, legacy, amplitude)
 
     def sources(self, syncs, targets, amplitude, has_amplitude):
-        """Rules across a sync, its target and the amplitude section (amplitude.md §8)."""
+        """Rules across a sync, its target and the amplitude section (docs/api-facts.md, A6, A7)."""
         for i, sync in enumerate(syncs):
             path = f"cohort_syncs[{i}]"
             target = targets.get(sync.target)

@@ -96,17 +96,17 @@ class FeedToBraze(beam.PTransform):
         results = [routed[SKIPPED_TAG]]
         for sync, target in self._syncs:
             delivered = (routed.changes
-                         | f"Changes for {sync.name}" >> beam.Filter(lambda kv, name=sync.name: kv[0] == name)
-                         | f"Values for {sync.name}" >> beam.Map(lambda kv: kv[1])
-                         | f"Deliver {sync.name}" >> FlushAndDeliver(
+                         | f"SelectChanges[{sync.name}]" >> beam.Filter(lambda kv, name=sync.name: kv[0] == name)
+                         | f"DropSyncNames[{sync.name}]" >> beam.Map(lambda kv: kv[1])
+                         | f"Deliver[{sync.name}]" >> FlushAndDeliver(
                              target, sync, self._policy, flush_seconds=s.flush_seconds, shards=s.shards,
                              resolve_key=self._resolve_key, clock=self._clock))
             dead.append(delivered[DEAD_LETTER_TAG])
-            results.append(delivered.results | f"Results of {sync.name}" >> beam.Map(
+            results.append(delivered.results | f"NameResults[{sync.name}]" >> beam.Map(
                 lambda r, name=sync.name: (name, r)))
-        _ = (results | "AllResults" >> beam.Flatten()
+        _ = (results | "FlattenResults" >> beam.Flatten()
              | "FeedReports" >> FeedReports(self._syncs, s.report_dir, self._email, self._clock))
-        return dead | "AllDeadLetters" >> beam.Flatten()
+        return dead | "FlattenDeadLetters" >> beam.Flatten()
 
 
 def build_feed_pipeline(options: PipelineOptions, config: CohortConfig, syncs, settings: FeedSettings, *,

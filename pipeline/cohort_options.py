@@ -15,7 +15,7 @@ import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import StreamOptions
+from pipeline.options import StreamOptions, _bool
 from transforms.cohorts.realtime import MAX_FLUSH_SECONDS
 
 __all__ = ["CohortOptions", "CohortSettings", "SHARED_OPTIONS", "check_cohort_options", "cohort_settings",
@@ -40,15 +40,12 @@ _TOPIC = r"^projects/[^/\s]+/topics/[^/\s]+$"
 
 
 def flag(value) -> bool:
-    """A switch given bare (``--allow_empty``) or as text (flex templates pass ``true``/``false``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    """A switch given bare (``--allow_empty``) or as text (flex templates pass ``true``/``false``):
+    the streaming job's rule (``pipeline.options._bool``), its refusal shown as it is."""
+    try:
+        return _bool(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _switch(group, name, text):

@@ -8,7 +8,8 @@ cannot express is that sync names are unique).
 - ``load_syncs(path_or_uri)``: a local path or ``gs://`` URI, YAML or JSON.
 - ``loads_syncs(text)`` / ``parse_syncs(document)``: the same from text or a parsed document.
 - ``enabled_syncs(syncs)``: the syncs whose status is enabled; ``shadow_syncs(syncs)``: those of
-  them in shadow mode.
+  them in shadow mode; ``require_enabled_syncs(syncs, source)``: the enabled ones, or the
+  ``ConfigError`` every entry point gives for a file that enables none.
 
 Defaults: ``enabled`` true; ``mode`` live (``shadow``: the job builds the sync's requests and
 publishes them to ``--shadow_topic`` instead of sending them); identifier ``external_id`` from
@@ -23,17 +24,17 @@ that is not an identifier or control field, one source per Braze name.
 Secrets: ``api_key`` is only ever a reference, and no message here quotes it (nor the
 endpoint URL, which could carry credentials; only its host is quoted).
 
-This module holds the syncs file's model, its public API and its own rules; the rules for
-``events.select`` conditions and for mappings are beside it (``pipeline.config_conditions``,
-``pipeline.config_mappings``). What it shares with the cohorts file lives beside it too:
-reading and decoding (``pipeline.config_documents``), the validator helpers and
-``ConfigError`` (``pipeline.config_validation``), and the Braze endpoint allow-list
-(``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
+This module holds the syncs file's public API and its own rules; the model it builds
+(``Sync`` and its parts) is ``transforms.model``, which the transforms import, and every model
+name stays importable from here. The rules for ``events.select`` conditions and for mappings
+are beside it (``pipeline.config_conditions``, ``pipeline.config_mappings``). What it shares
+with the cohorts file lives beside it too: reading and decoding (``pipeline.config_documents``),
+the validator helpers and ``ConfigError`` (``pipeline.config_validation``), and the Braze
+endpoint allow-list (``pipeline.braze_endpoints``). ``ALLOWED_ENDPOINTS``, ``ConfigError``, ``decode_document``,
 ``Condition``, ``EventSelector``, ``OPERATORS`` and ``FieldMapping`` stay importable from here.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Tuple
 
 # ALLOWED_ENDPOINTS, ConfigError and decode_document are re-exported (see the docstring);
@@ -43,80 +44,25 @@ from pipeline.config_documents import decode_document, format_for_name, read_byt
 # The filter and mapping rules live beside this module; their models and constants are
 # re-exported here (Condition, EventSelector, OPERATORS, FieldMapping), with the key lists the
 # schema test compares (_SELECTOR_KEYS, _CONDITION_KEYS).
-from pipeline.config_conditions import CONDITION_KEYS as _CONDITION_KEYS, OPERATORS  # noqa: F401
+from pipeline.config_conditions import CONDITION_KEYS as _CONDITION_KEYS  # noqa: F401
 from pipeline.config_conditions import SELECTOR_KEYS as _SELECTOR_KEYS  # noqa: F401
-from pipeline.config_conditions import Condition, EventSelector, SelectRules
-from pipeline.config_mappings import FieldMapping, MappingRules, attribute_name_problem, event_property_name_problem
+from pipeline.config_conditions import SelectRules
+from pipeline.config_mappings import MappingRules, attribute_name_problem, event_property_name_problem
 from pipeline.config_validation import (
     DOTTED_PATH_RE, DOTTED_PATH_TEXT, ConfigError, Validator, choice_hint, join_path, type_name,
 )
-
-IDENTIFIER_TYPES = ("external_id", "braze_id", "user_alias")
-# How a sync delivers: live sends to Braze; shadow builds the same requests and publishes their
-# bodies to --shadow_topic instead (README, "Shadow mode"), so a new sync can be watched on live
-# traffic before it is turned on.
-LIVE = "live"
-SHADOW = "shadow"
-MODES = (LIVE, SHADOW)
-ANONYMOUS_TYPES = ("user_alias",)  # an anonymous device's profile: an alias, later merged by /users/identify
-
-
-@dataclasses.dataclass(frozen=True)
-class AnonymousIdentifier:
-    """Where events without the main identifier's value go: an alias profile per device, merged
-    into the external_id profile by /users/identify when the device first shows a user_id."""
-
-    type: str = "user_alias"  # one of ANONYMOUS_TYPES
-    source: str = "device_id"  # Amplitude field, dotted path allowed; the alias name
-    alias_label: str = ""  # the alias label (required in the file)
-
-
-@dataclasses.dataclass(frozen=True)
-class Identifier:
-    type: str = "external_id"  # one of IDENTIFIER_TYPES
-    source: str = "user_id"  # Amplitude field, dotted path allowed
-    alias_label: Optional[str] = None  # required when type is user_alias
-    anonymous: Optional[AnonymousIdentifier] = None  # only with type external_id
-
-
-@dataclasses.dataclass(frozen=True)
-class UserSettings:
-    enabled: bool = False
-    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
-    update_existing_only: bool = False
-    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze attribute
-
-
-@dataclasses.dataclass(frozen=True)
-class EventSettings:
-    enabled: bool = False
-    select: Tuple[EventSelector, ...] = ()
-    properties: Tuple[str, ...] = ()  # sent under their own names (identity mappings)
-    purchases: bool = False  # revenue events → Braze purchase objects (transforms/purchases.py)
-    mappings: Tuple[FieldMapping, ...] = ()  # Amplitude field → Braze event property
-
-
-@dataclasses.dataclass(frozen=True)
-class Sync:
-    name: str
-    endpoint: str
-    api_key: str  # a reference: env:NAME or projects/P/secrets/S/versions/V, never a key
-    enabled: bool = True
-    app_id: Optional[str] = None
-    identifier: Identifier = Identifier()
-    users: UserSettings = UserSettings()
-    events: EventSettings = EventSettings()
-    mode: str = LIVE  # one of MODES
-
-    @property
-    def shadow(self) -> bool:
-        return self.mode == SHADOW
-
+# The model is a leaf module of transforms/ (the transforms read it and never import pipeline/);
+# every name stays importable from here.
+from transforms.model import (  # noqa: F401
+    ANONYMOUS_TYPES, IDENTIFIER_TYPES, LIVE, MODES, OPERATORS, SHADOW, AnonymousIdentifier, Condition,
+    EventSelector, EventSettings, FieldMapping, Identifier, Sync, UserSettings, enabled_syncs, shadow_syncs,
+)
 
 __all__ = [
     "ALLOWED_ENDPOINTS", "ANONYMOUS_TYPES", "AnonymousIdentifier", "Condition", "ConfigError", "EventSelector",
     "EventSettings", "FieldMapping", "IDENTIFIER_TYPES", "Identifier", "LIVE", "MODES", "OPERATORS", "SHADOW", "Sync",
-    "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs", "shadow_syncs",
+    "UserSettings", "enabled_syncs", "load_syncs", "loads_syncs", "parse_syncs", "require_enabled_syncs",
+    "shadow_syncs",
 ]
 
 
@@ -168,14 +114,16 @@ def parse_syncs(document, *, source: str = "<syncs>", allow_insecure_endpoints: 
     return _parse(document, source, allow_insecure_endpoints, [])
 
 
-def enabled_syncs(syncs) -> Tuple[Sync, ...]:
-    """The syncs whose status is enabled, in file order."""
-    return tuple(s for s in syncs if s.enabled)
+NO_ENABLED_SYNC = "syncs: no sync is enabled; set 'enabled: true' on at least one"
 
 
-def shadow_syncs(syncs) -> Tuple[Sync, ...]:
-    """The enabled syncs in shadow mode, in file order: the job needs --shadow_topic for them."""
-    return tuple(s for s in syncs if s.enabled and s.shadow)
+def require_enabled_syncs(syncs, source: str) -> Tuple[Sync, ...]:
+    """The enabled syncs, or ``ConfigError`` naming ``source`` when there are none: the rule every
+    entry point applies (the streaming job, the preview, the checker), defined once."""
+    enabled = enabled_syncs(syncs)
+    if not enabled:
+        raise ConfigError(source, [NO_ENABLED_SYNC])
+    return enabled
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,26 +1,20 @@
 """The syncs file's event filters: ``events.select`` entries and their ``where`` conditions.
 
-The model (``Condition``, ``EventSelector``), the operators, and the validator rules for them
-(``SelectRules``, mixed into the syncs file's validator), so that ``pipeline.config`` stays
-readable; ``pipeline.config`` re-exports every public name. What the operators mean when an
-event is matched is ``transforms.filters``.
+The validator rules for them (``SelectRules``, mixed into the syncs file's validator), so that
+``pipeline.config`` stays readable; the model (``Condition``, ``EventSelector``,
+``OPERATORS``) is ``transforms.model``, and ``pipeline.config`` re-exports every public name.
+What the operators mean when an event is matched is ``transforms.filters``.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Any, Tuple
 
 from pipeline.config_validation import (
     DOTTED_PATH_RE, DOTTED_PATH_TEXT, choice_hint, is_number, is_scalar, join_path, type_name,
 )
+from transforms.model import OPERATORS, Condition, EventSelector
 
 __all__ = ["OPERATORS", "OPERATOR_ALIASES", "NO_VALUE_OPERATORS", "EQUALITY_OPERATORS", "STRING_OPERATORS",
            "NUMBER_OPERATORS", "Condition", "EventSelector", "SelectRules"]
 
-OPERATORS = (
-    "is", "is_not", "contains", "does_not_contain", "starts_with",
-    "greater_than", "greater_or_equal", "less_than", "less_or_equal", "is_set", "is_not_set",
-)
 # Other spellings of an operator that "did you mean" should recognise.
 OPERATOR_ALIASES = {
     "gt": "greater_than", ">": "greater_than", "gte": "greater_or_equal", "ge": "greater_or_equal",
@@ -30,19 +24,6 @@ OPERATOR_ALIASES = {
     "in": "is", "not_in": "is_not", "not_contains": "does_not_contain", "begins_with": "starts_with",
     "is_null": "is_not_set", "null": "is_not_set", "not_null": "is_set", "is_not_null": "is_set",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    property: str  # event field, event_properties.X or user_properties.X (dotted path)
-    op: str  # one of OPERATORS
-    value: Any = None  # absent for is_set / is_not_set; a list allowed for is / is_not
-
-
-@dataclasses.dataclass(frozen=True)
-class EventSelector:
-    event_type: str  # an Amplitude event_type, or "*" for every event
-    where: Tuple[Condition, ...] = ()  # all must hold
 
 
 # Operators by the value they take.

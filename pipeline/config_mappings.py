@@ -5,7 +5,7 @@
 thing with the name kept. So one set of rules applies to both, here:
 
 - ``from`` is a dotted path whose first part is a field Amplitude sends (either event shape,
-  reference amplitude.md §1.1-1.3); ``user_properties`` and ``event_properties`` need a
+  docs/api-facts.md, A1-A3); ``user_properties`` and ``event_properties`` need a
   property after them. A bare name that is not an event field (``plan``) is almost always a
   user property: the message says ``user_properties.plan``.
 - ``to`` (an attribute) is never a Braze identifier or control field: those are set by the
@@ -14,19 +14,20 @@ thing with the name kept. So one set of rules applies to both, here:
   ``push_tokens`` and ``subscription_groups`` take structures this job does not build.
 - ``to`` (an event property) is never a field of the event object itself, nor a key Braze
   reserves inside ``properties`` (``time``, ``event_name``; for purchases ``product_id``,
-  ``currency``, ``price``, ``quantity``; reference braze-api.md §1.5, §1.6, §9.1).
-- Braze refuses ``$``-prefixed names (§1.5, §9.2) and knows its standard attributes only in
-  lower case (§9.2): ``to: Email`` is refused with "did you mean 'email'?".
+  ``currency``, ``price``, ``quantity``; docs/api-facts.md, B5).
+- Braze refuses ``$``-prefixed names (B5, B9) and knows its standard attributes only in
+  lower case (B8, B9): ``to: Email`` is refused with "did you mean 'email'?".
 - One Braze field takes one source: two mappings, or a mapping and a plain property, to the
   same name are refused.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Dict, Optional, Tuple
 
 from pipeline.config_validation import DOTTED_PATH_RE, DOTTED_PATH_TEXT, join_path, type_name
+from transforms.braze_facts import MAX_NAME_CHARS, RESERVED_EVENT_PROPERTIES, RESERVED_PURCHASE_PROPERTIES
+from transforms.model import FieldMapping
 from transforms.standard_attributes import STANDARD_ATTRIBUTES, UNSUPPORTED_ATTRIBUTES
 
 __all__ = ["FieldMapping", "AMPLITUDE_EVENT_FIELDS", "ATTRIBUTE_IDENTIFIERS", "ATTRIBUTE_CONTROL_FIELDS", "EVENT_OBJECT_FIELDS",
@@ -34,28 +35,19 @@ __all__ = ["FieldMapping", "AMPLITUDE_EVENT_FIELDS", "ATTRIBUTE_IDENTIFIERS", "A
            "attribute_name_problem", "event_property_name_problem", "source_problem", "MappingRules"]
 
 MAPPING_KEYS = ("from", "to")
-MAX_BRAZE_NAME_CHARS = 255
+MAX_BRAZE_NAME_CHARS = MAX_NAME_CHARS
 
 
-@dataclasses.dataclass(frozen=True)
-class FieldMapping:
-    """One ``{from, to}`` entry (re-exported by ``pipeline.config``, with the other models)."""
-
-    source: str  # ``from``: an Amplitude event field, dotted path (``user_properties.Email Address``)
-    target: str  # ``to``: the Braze attribute or event property name
-
-# Braze's primary identifiers on an object (braze-api.md §1.3), and the alias array of an export.
+# Braze's primary identifiers on an object (docs/api-facts.md, B3), and the alias array of an export.
 ATTRIBUTE_IDENTIFIERS = frozenset(("external_id", "braze_id", "user_alias", "user_aliases"))
-# Keys of an attributes object that are not attributes (§1.7).
+# Keys of an attributes object that are not attributes (B6).
 ATTRIBUTE_CONTROL_FIELDS = frozenset(("_update_existing_only", "_merge_objects", "push_token_import"))
-# Fields of the event and purchase objects themselves (§1.5, §1.6): a property named so would
+# Fields of the event and purchase objects themselves (B5): a property named so would
 # read as setting the object's own field, which a mapping never does.
 EVENT_OBJECT_FIELDS = frozenset(("external_id", "braze_id", "user_alias", "email", "phone", "_update_existing_only",
                                  "app_id", "name", "time", "properties"))
-RESERVED_EVENT_PROPERTIES = frozenset(("time", "event_name"))  # "Invalid 'properties' field" (§9.1)
-RESERVED_PURCHASE_PROPERTIES = frozenset(("product_id", "quantity", "price", "currency"))
 
-# Top-level fields of an Amplitude event in either shape (amplitude.md §1.1-1.3), and the SDK's.
+# Top-level fields of an Amplitude event in either shape (docs/api-facts.md, A1, A2), and the SDK's.
 AMPLITUDE_EVENT_FIELDS = frozenset("""
 user_id device_id event_type event_name user_agent time event_properties user_properties groups group_properties
 app_version platform os_name os_version device_brand device_manufacturer device_model device_family device_type

@@ -27,6 +27,7 @@ import apache_beam as beam
 
 from pipeline.config import Sync
 from transforms.batching import PackRequests
+from transforms.braze_facts import DEFAULT_ARRAY_LENGTH
 from transforms.coders import typed
 from transforms.dedup import DropRepeats
 from transforms.anonymous import DEFAULT_SETTLE_SECONDS
@@ -49,7 +50,7 @@ from transforms.secrets import resolve_api_key
 from transforms.sink import DEAD_LETTER_TAG, DEFAULT_OUTAGE_BUDGET_SECONDS, SHADOW_TAG, WriteToBraze
 
 DEFAULT_LATENESS_SECONDS = 2.0
-DEFAULT_MAX_ARRAY_LENGTH = 25
+DEFAULT_MAX_ARRAY_LENGTH = DEFAULT_ARRAY_LENGTH
 
 
 def _nothing(outcome):
@@ -90,9 +91,9 @@ class EventsToBraze(beam.PTransform):
         clock: Callable[[], float] = time.time,
     ):
         super().__init__()
+        # The entry points refuse a syncs file that enables no sync (pipeline.config.require_enabled_syncs);
+        # given none here, the sink's argument check says so.
         self._syncs = tuple(s for s in syncs if s.enabled)
-        if not self._syncs:
-            raise ValueError("no enabled sync: set 'enabled: true' on at least one sync in the syncs file")
         self._dedup_window = dedup_window_seconds
         if isinstance(user_state_ttl_days, bool) or not isinstance(user_state_ttl_days, (int, float)) \
                 or not user_state_ttl_days > 0:
@@ -134,12 +135,12 @@ class EventsToBraze(beam.PTransform):
         batches = [routed.track, typed(identified.batches, UserBatch)]
         if self._replayed is not None:
             checked = self._replayed | "ReadReplayedObjects" >> ReadReplayedObjects(self._all_syncs)
-            batches.append(checked.objects | "ReplayedObjectsAsBatches" >> beam.Map(
+            batches.append(checked.objects | "WrapReplayedObjects" >> beam.Map(
                 lambda item: UserBatch(item.sync, item.user_key, (item,), 0, NO_PREDECESSOR)
             ).with_output_types(UserBatch))
             outcomes.append(typed(checked[REPLAY_OUTCOMES], Outcome))
             dead_letters.append(typed(checked[REPLAY_DEAD_LETTERS], DeadLetter))
-        packed = tuple(batches) | "AllBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
+        packed = tuple(batches) | "FlattenBatches" >> beam.Flatten() | "PackRequests" >> PackRequests(**self._pack)
         outcomes.append(packed.outcomes)
         dead_letters.append(packed.dead_letters)
         written = packed.requests | "WriteToBraze" >> WriteToBraze(self._syncs, **self._write)
@@ -148,13 +149,13 @@ class EventsToBraze(beam.PTransform):
 
         merges = routed[ANONYMOUS_TAG] | "DecideMerges" >> DecideMerges(self._syncs, **self._merge)
         dead_letters.append(merges[MERGE_DEAD_LETTERS])
-        track_progress = written.outcomes | "TrackSinkProgress" >> beam.FlatMap(_nothing).with_output_types(
+        track_progress = written.outcomes | "FollowTrackSink" >> beam.FlatMap(_nothing).with_output_types(
             Tuple[str, MergeRequest])
         calls = ((merges.requests, track_progress) | "MergeRequestsAfterTrack" >> beam.Flatten()
                  | "SendMerges" >> SendMerges(self._syncs, **self._identify_calls))
         dead_letters.append(calls[IDENTIFY_CALL_DEAD_LETTERS])
         return {
-            "outcomes": typed(tuple(outcomes) | "AllOutcomes" >> beam.Flatten(), Outcome),
-            "dead_letters": typed(tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten(), DeadLetter),
+            "outcomes": typed(tuple(outcomes) | "FlattenOutcomes" >> beam.Flatten(), Outcome),
+            "dead_letters": typed(tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten(), DeadLetter),
             "shadow": typed(written[SHADOW_TAG], ShadowRequest),
         }

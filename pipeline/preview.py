@@ -40,7 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from pipeline.cli import help_text, usable_argv
-from pipeline.config import SHADOW, ConfigError, Sync, enabled_syncs, load_syncs
+from pipeline.config import SHADOW, ConfigError, Sync, load_syncs, require_enabled_syncs
 from pipeline.graph import EventsToBraze
 from pipeline.local_runner import without_fnapi_state_cache
 from pipeline.options import StreamOptions, _bool
@@ -126,8 +126,8 @@ def sample_messages(pipeline: beam.Pipeline, lines: Sequence[Tuple[int, bytes]],
     """The sample as the job's input: one Pub/Sub message per line, its id the line number,
     published at ``publish_time_ms``."""
     return (pipeline
-            | "SampleLines" >> beam.Create(list(lines), reshuffle=False)
-            | "AsPubsubMessages" >> beam.Map(_message, publish_time_ms))
+            | "CreateSampleLines" >> beam.Create(list(lines), reshuffle=False)
+            | "MakePubsubMessages" >> beam.Map(_message, publish_time_ms))
 
 
 def insert_ids(lines: Sequence[Tuple[int, bytes]], publish_time_ms: int) -> Tuple[Dict[str, Optional[str]], int]:
@@ -174,9 +174,7 @@ def preview(all_syncs: Sequence[Sync], lines: Sequence[Tuple[int, bytes]], *,
     started = time.monotonic()
     if publish_time_ms is None:
         publish_time_ms = int((time.time() - PUBLISHED_SECONDS_AGO) * 1000)
-    syncs = tuple(dataclasses.replace(s, mode=SHADOW) for s in enabled_syncs(all_syncs))
-    if not syncs:
-        raise ConfigError("<syncs>", ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    syncs = tuple(dataclasses.replace(s, mode=SHADOW) for s in require_enabled_syncs(all_syncs, "<syncs>"))
     run_id = uuid.uuid4().hex
     _RUNS[run_id] = {"requests": [], "outcomes": [], "dead_letters": []}
     without_fnapi_state_cache()
@@ -185,7 +183,7 @@ def preview(all_syncs: Sequence[Sync], lines: Sequence[Tuple[int, bytes]], *,
             results = sample_messages(p, lines, publish_time_ms) | "EventsToBraze" >> EventsToBraze(
                 syncs, resolve_key=_no_key, **settings)
             for name, output in (("requests", "shadow"), ("outcomes", "outcomes"), ("dead_letters", "dead_letters")):
-                results[output] | f"Collect_{name}" >> beam.Map(_collect, run_id, name)
+                results[output] | "Collect" + name.title().replace("_", "") >> beam.Map(_collect, run_id, name)
         collected = _RUNS[run_id]
     finally:
         _RUNS.pop(run_id, None)

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.config import ConfigError, enabled_syncs, load_syncs, shadow_syncs
+from pipeline.config import ConfigError, load_syncs, require_enabled_syncs, shadow_syncs
 from pipeline.graph import EventsToBraze
 from pipeline.cli import help_text, usable_argv
 from pipeline.local_runner import faster_bundle_based_direct_runner
@@ -38,9 +38,7 @@ def build_pipeline(options: PipelineOptions) -> beam.Pipeline:
     if problems:
         raise ValueError("invalid options:\n" + "\n".join(f"  {p}" for p in problems))
     all_syncs = load_syncs(opts.sync_config, allow_insecure_endpoints=opts.allow_insecure_endpoints)
-    syncs = enabled_syncs(all_syncs)
-    if not syncs:
-        raise ConfigError(opts.sync_config, ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    syncs = require_enabled_syncs(all_syncs, opts.sync_config)
     shadows = shadow_syncs(syncs)
     if shadows and not opts.shadow_topic:
         names = ", ".join(f"sync {s.name!r}" for s in shadows)

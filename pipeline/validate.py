@@ -33,7 +33,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from pipeline.cohort_config import CohortConfig, loads_cohorts
-from pipeline.config import ConfigError, Sync, enabled_syncs, loads_syncs
+from pipeline.config import ConfigError, Sync, loads_syncs, require_enabled_syncs
 from pipeline.config_documents import decode_document, format_for_name, read_bytes
 from pipeline.config_validation import ROOT as DOCUMENT
 from transforms.secrets import ENV_PREFIX, SecretError, resolve_api_key
@@ -203,8 +203,7 @@ def _load(kind: str, data: bytes, path: str, allow_insecure: bool) -> Config:
     if kind == "cohorts":
         return loads_cohorts(data, source=path, format=fmt, allow_insecure_endpoints=allow_insecure)
     syncs = loads_syncs(data, source=path, format=fmt, allow_insecure_endpoints=allow_insecure)
-    if not enabled_syncs(syncs):  # the streaming job refuses such a file too (pipeline.stream)
-        raise ConfigError(path, ["syncs: no sync is enabled; set 'enabled: true' on at least one"])
+    require_enabled_syncs(syncs, path)  # the streaming job refuses such a file too (pipeline.stream)
     return syncs
 
 

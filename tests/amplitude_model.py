@@ -2,8 +2,8 @@
 of the job (no code of ``transforms/``), and a generator of such streams for the end-to-end tests
 of ordering and outages.
 
-Amplitude applies a user's operations in event-time order (its docs; reference amplitude.md
-§1.3). The model covers the operations the generator makes: ``$set``, ``$setOnce``, ``$add``,
+Amplitude applies a user's operations in event-time order (its docs; docs/api-facts.md,
+A3). The model covers the operations the generator makes: ``$set``, ``$setOnce``, ``$add``,
 ``$unset`` on scalars, ``$append``/``$remove`` on an array whose values are never repeated (Braze
 arrays hold unique values, so the comparison is exact), and snapshots on ordinary events.
 """

@@ -20,15 +20,12 @@ from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
 from transforms.device_merge import DecideMerges
 from transforms.records import DeviceSighting
+from tests.conftest import run_and_collect
 
-COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
+COLLECTED = collections.defaultdict(list)  # what the last run collected (tests/conftest.py)
 LABEL = "amp_device"
 SETTLE = 5.0
 T0 = 1_795_168_800_000
-
-
-def _collect(element, name):
-    COLLECTED[name].append(element)
 
 
 def _zero_clock():
@@ -45,15 +42,17 @@ def _syncs(url, **identifier):
 
 
 def run(syncs, stream, key, **kwargs):
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as p:
+
+    def build(p):
         out = p | stream | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key,
                                         sleep=lambda s: None, clock=_zero_clock,
                                         anonymous_settle_seconds=SETTLE, **kwargs)
-        out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
-        out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
+        return {"outcomes": out["outcomes"], "dead_letters": out["dead_letters"]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, options))
 
 
 class Published:
@@ -193,17 +192,18 @@ def test_sign_in_before_the_anonymous_events_arrive_merges_all_the_same(braze_si
 def run_bounded(syncs, timed_events, key):
     """The graph on the FnApiRunner over a bounded input of ``(publish seconds, event)``: the
     watermark ends the input at once, as a drain does, and every pending merge is flushed."""
-    COLLECTED.clear()
     messages = [(t, orjson.dumps({"time": T0 + i, "insert_id": f"ins-{i}", **e})) for i, (t, e) in
                 enumerate(timed_events)]
-    p = beam.Pipeline(runner="FnApiRunner")
-    out = (p | beam.Create(messages, reshuffle=False)
-           | "Stamp" >> beam.Map(lambda m: TimestampedValue(m[1], m[0]))
-           | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key, sleep=lambda s: None,
-                           anonymous_settle_seconds=SETTLE))
-    out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
-    out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
-    p.run().wait_until_finish()
+
+    def build(p):
+        out = (p | beam.Create(messages, reshuffle=False)
+               | "Stamp" >> beam.Map(lambda m: TimestampedValue(m[1], m[0]))
+               | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key, sleep=lambda s: None,
+                               anonymous_settle_seconds=SETTLE))
+        return {"outcomes": out["outcomes"], "dead_letters": out["dead_letters"]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, runner="FnApiRunner"))
 
 
 @pytest.mark.integration
@@ -251,13 +251,16 @@ def test_without_the_option_anonymous_events_are_still_skipped_and_nothing_is_me
 
 
 def _decide(stream, ttl_seconds):
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as p:
+
+    def build(p):
         out = p | stream | DecideMerges(_syncs("http://127.0.0.1:1"), settle_seconds=SETTLE,
                                         ttl_seconds=ttl_seconds)
-        out.requests | "CollectRequests" >> beam.Map(_collect, "requests")
+        return {"requests": out.requests}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, options))
 
 
 def _sightings(at, user):

@@ -11,9 +11,9 @@ import pytest
 
 from transforms import braze_client as bc
 from transforms.braze_client import (
-    BrazeClient, ItemError, Response, TransportError, backoff_seconds, build_track_body, classify,
-    retry_wait_seconds,
+    BrazeClient, ItemError, Response, TransportError, build_track_body, classify,
 )
+from transforms.retry_policy import backoff_seconds, retry_wait_seconds
 from transforms.records import ATTRIBUTES, EVENTS, IDENTIFY, PURCHASES, TRACK, BrazeItem
 
 KEY = "test-key-5f0c9d2e-never-shown"

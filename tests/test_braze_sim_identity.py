@@ -96,7 +96,7 @@ def test_identify_bad_bodies_are_400(sim, body):
 
 
 def test_identify_merge_keeps_the_known_values_and_sums_the_histories(sim):
-    """What moves (§4.2): fields only the anonymous profile has, its events and purchases, its
+    """What moves (docs/api-facts.md, B13): fields only the anonymous profile has, its events and purchases, its
     aliases and devices; the anonymous profile is gone; nothing is billed."""
     sim.client().seed_users({"external_id": "u1", "attributes": {"email": "u1@x.io", "plan": "pro"}})
     post(sim, "/users/track", {
@@ -136,7 +136,7 @@ def test_identify_after_the_alias_profile_took_the_external_id_is_harmless(sim):
 
 def test_identify_second_device_of_a_user_is_not_merged(sim):
     """A user's first anonymous device merges and its alias moves to the user; the second
-    device's profile has the same label, so Braze does not merge it (§4.2)."""
+    device's profile has the same label, so Braze does not merge it (docs/api-facts.md, B13)."""
     second = {"alias_name": "anon-2", "alias_label": "amplitude_id"}
     sim.client().seed_users({"external_id": "u1"}, {"user_aliases": [ALIAS]}, {"user_aliases": [second]})
     identify(sim)

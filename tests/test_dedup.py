@@ -1,5 +1,4 @@
 """Repeats of an insert id within the window reach Braze once; the repeat is accounted for."""
-import collections
 
 import apache_beam as beam
 import orjson
@@ -13,8 +12,8 @@ from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
 from transforms.dedup import DropRepeats, dedup_key
 from transforms.parse import parse_message
+from tests.conftest import run_and_collect
 
-COLLECTED = collections.defaultdict(list)
 
 
 def _parsed(message_id, **event):
@@ -41,19 +40,17 @@ def test_a_repeat_within_the_window_is_dropped_and_one_after_it_passes():
               .advance_watermark_to(115)
               .add_elements([TimestampedValue(_parsed("m4", insert_id="i-1", user_id="u"), 120)])  # after it
               .advance_watermark_to_infinity())
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as p:
+
+    def build(p):
         out = p | stream | DropRepeats(window)
-        out["events"] | "Kept" >> beam.Map(lambda e: _collect(e.source, "kept"))
-        out["outcomes"] | "Dropped" >> beam.Map(lambda o: _collect((o.source, o.reason), "dropped"))
+        return {"kept": out["events"] | "Kept" >> beam.Map(lambda e: e.source),
+                "dropped": out["outcomes"] | "Dropped" >> beam.Map(lambda o: (o.source, o.reason))}
+
+    COLLECTED = run_and_collect(build, options)
     assert sorted(COLLECTED["kept"]) == ["m1/0", "m2/0", "m4/0"]
     assert COLLECTED["dropped"] == [("m3/0", "duplicate")]
-
-
-def _collect(element, name):
-    COLLECTED[name].append(element)
 
 
 @pytest.mark.integration
@@ -66,13 +63,15 @@ def test_a_redelivered_event_reaches_braze_once(braze_sim):
     repeat = orjson.dumps({"event_type": "Play", "user_id": "user-00001", "time": 1_795_168_800_000,
                            "insert_id": "i-1", "retry": 1})
     other = orjson.dumps({"event_type": "Play", "user_id": "user-00001", "time": 1_795_168_800_001})
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as p:
+
+    def build(p):
         out = (p | test_stream.TestStream().add_elements([first, repeat, other]).advance_watermark_to_infinity()
                | EventsToBraze(syncs, resolve_key=lambda ref, key=braze_sim.api_key: key, max_batch_wait_seconds=1))
-        out["outcomes"] | beam.Map(_collect, "outcomes")
+        return {"outcomes": out["outcomes"]}
+
+    COLLECTED = run_and_collect(build, options)
     [user] = SimClient(braze_sim.url).users()
     assert len(user["events"]) == 2
     assert [(o.branch, o.status, o.reason) for o in COLLECTED["outcomes"] if o.branch == "dedup"] == [

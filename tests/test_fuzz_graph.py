@@ -30,6 +30,7 @@ from pipeline.graph import EventsToBraze
 from transforms.dead_letters import MAX_ATTRIBUTE_BYTES, to_pubsub_message
 from transforms.parse import array_element_spans
 from transforms.records import INPUT_EVENT
+from tests.conftest import run_and_collect
 
 settings.register_profile("default", max_examples=30, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -46,10 +47,6 @@ OPERATIONS = ["$set", "$setOnce", "$add", "$append", "$prepend", "$preInsert", "
 PUBSUB_LIMIT_BYTES = 10 * 1000 * 1000
 
 COLLECTED: Dict[str, list] = collections.defaultdict(list)
-
-
-def _collect(element, name):
-    COLLECTED[name].append(element)
 
 
 def nested(levels: int, leaf=1):
@@ -125,14 +122,16 @@ def _syncs(url):
 
 
 def _run(sim, datas: List[bytes]):
-    COLLECTED.clear()
     inputs = [TimestampedValue(PubsubMessage(d, {}, message_id=f"m{i}"), T0 / 1000 + i) for i, d in enumerate(datas)]
-    with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as p:
+
+    def build(p):
         out = (p | beam.Create(inputs)
                | EventsToBraze(_syncs(sim.url), resolve_key=lambda ref, k=sim.api_key: k, sleep=lambda s: None,
                                max_attempts=2, max_retry_seconds=1))
-        out["outcomes"] | "Outcomes" >> beam.Map(_collect, "outcomes")
-        out["dead_letters"] | "DeadLetters" >> beam.Map(_collect, "dead_letters")
+        return {"outcomes": out["outcomes"], "dead_letters": out["dead_letters"]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, PipelineOptions([], runner="FnApiRunner")))
 
 
 def _event_sources(message_id: str, data: bytes) -> List[str]:

@@ -2,28 +2,22 @@
 
 Assertions read the simulator's state (what Braze would hold) and the dead letters the graph
 produced; outcomes are collected through a side-effect sink because ``assert_that`` misses
-output emitted when the final window closes (reference peers.md D.3).
+output emitted when the final window closes (docs/api-facts.md, D5).
 """
 import collections
 
-import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing import test_stream
-from apache_beam.utils.timestamp import Timestamp
 
 from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
+from tests.conftest import run_and_collect
 from transforms.dead_letters import to_pubsub_message
 
-COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
-
-
-def _collect(element, name):
-    # Module-level, so Beam pickles it by reference and it appends to this module's dict.
-    COLLECTED[name].append(element)
+COLLECTED = collections.defaultdict(list)  # what the last _run collected (tests/conftest.py)
 
 
 def _syncs(url):
@@ -62,15 +56,17 @@ def _event(i, event_type="Order Completed", total=10, user="user-00001", plan="f
 
 
 def _run(syncs, messages, key, max_in_flight=1):
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     stream = test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
-    with beam.Pipeline(options=options) as p:
+
+    def build(p):
         out = p | stream | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key,
                                         sleep=lambda s: None, max_in_flight=max_in_flight)
-        out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
-        out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
+        return {"outcomes": out["outcomes"], "dead_letters": out["dead_letters"]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, options))
 
 
 @pytest.mark.integration

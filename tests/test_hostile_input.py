@@ -1,9 +1,7 @@
 """Hostile input: every kind reaches the dead letters with a reason a person can act on, or is
 fixed (and the fix counted), while the job keeps running. Through the whole graph into the
 Braze simulator; outcomes are read from the simulator and the dead-letter output."""
-import collections
 
-import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -14,6 +12,7 @@ from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
 from transforms.parse import fallback_message_id
+from tests.conftest import run_and_collect
 
 T = 1_795_168_800_000
 
@@ -76,11 +75,6 @@ KEPT = [
     ("user-20004", {"p": "Zoë 東京 🎧 \U0001F600 مرحبا"}),
 ]
 
-COLLECTED = collections.defaultdict(list)
-
-
-def _collect(element, name):
-    COLLECTED[name].append(element)
 
 
 @pytest.mark.integration
@@ -93,15 +87,16 @@ def test_hostile_input_is_dead_lettered_with_a_reason_or_fixed_and_counted(braze
     messages = [m for m, _ in DEAD]
     messages += [event(user=u, event_properties=props) for u, props, _, _ in FIXED]
     messages += [event(user=u, event_properties=props) for u, props in KEPT]
-    COLLECTED.clear()
     options = PipelineOptions([], runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
-    p = beam.Pipeline(options=options)
-    out = (p | test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
-           | EventsToBraze(syncs, resolve_key=lambda ref, key=braze_sim.api_key: key, max_batch_wait_seconds=1))
-    out["dead_letters"] | beam.Map(_collect, "dead_letters")
-    result = p.run()
-    result.wait_until_finish()
+
+    def build(p):
+        out = (p | test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
+               | EventsToBraze(syncs, resolve_key=lambda ref, key=braze_sim.api_key: key, max_batch_wait_seconds=1))
+        return {"dead_letters": out["dead_letters"]}
+
+    COLLECTED = run_and_collect(build, options)
+    result = COLLECTED.result
 
     reasons = {}
     for letter in COLLECTED["dead_letters"]:

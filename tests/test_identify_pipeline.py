@@ -3,7 +3,7 @@ events share one request, several updates collapse into one object, the state ex
 its TTL, and a generated stream makes no redundant attribute write.
 
 Outputs are collected through a side-effect sink, as in ``test_graph`` (``assert_that``
-misses output emitted when the final window closes, reference peers.md D.3). Clocks are
+misses output emitted when the final window closes, docs/api-facts.md, D5). Clocks are
 injected (``_zero_clock``) because under TestStream processing time starts at 0, not at wall
 time, so a timer set from ``time.time()`` would never fire.
 """
@@ -23,14 +23,11 @@ from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
 from transforms.identify import OUTCOME_TAG, IdentifyDoFn, is_operation
 from transforms.records import IdentifyWork
+from tests.conftest import run_and_collect
 
-COLLECTED = collections.defaultdict(list)  # the BundleBasedDirectRunner runs DoFns in this process
+COLLECTED = collections.defaultdict(list)  # what the last run collected (tests/conftest.py)
 T0 = 1_795_168_800_000
 NOT_ATTRIBUTES = ("external_id", "braze_id", "user_alias", "_update_existing_only")
-
-
-def _collect(element, name):
-    COLLECTED[name].append(element)
 
 
 def _zero_clock():
@@ -44,12 +41,13 @@ def _options():
 
 
 def _run(syncs, stream, key, **kwargs):
-    COLLECTED.clear()
-    with beam.Pipeline(options=_options()) as p:
+    def build(p):
         out = p | stream | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key,
                                         sleep=lambda s: None, clock=_zero_clock, **kwargs)
-        out["outcomes"] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
-        out["dead_letters"] | "CollectDeadLetters" >> beam.Map(_collect, "dead_letters")
+        return {"outcomes": out["outcomes"], "dead_letters": out["dead_letters"]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, _options()))
 
 
 def _sync(url, **users_and_events):
@@ -109,12 +107,14 @@ def test_a_users_attributes_and_events_share_one_request_and_updates_collapse(br
 
 
 def _run_identify(stream, ttl_seconds):
-    COLLECTED.clear()
-    with beam.Pipeline(options=_options()) as p:
+    def build(p):
         out = p | stream | beam.ParDo(IdentifyDoFn({"s": ("plan",)}, ttl_seconds=ttl_seconds, clock=_zero_clock)
                                       ).with_outputs(OUTCOME_TAG, main="batches")
-        out.batches | "CollectAttributes" >> beam.FlatMap(lambda b: [_collect(i, "attributes") for i in b.items])
-        out[OUTCOME_TAG] | "CollectOutcomes" >> beam.Map(_collect, "outcomes")
+        return {"attributes": out.batches | "Items" >> beam.FlatMap(lambda b: b.items),
+                "outcomes": out[OUTCOME_TAG]}
+
+    COLLECTED.clear()
+    COLLECTED.update(run_and_collect(build, _options()))
 
 
 def _work(n):

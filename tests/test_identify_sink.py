@@ -2,7 +2,6 @@
 HTTP: 50 entries a body, Braze's rate limit honoured, a key without the users.identify
 permission, a wrong key, an entry Braze would refuse, and an outage that outlasts the retries.
 Every merge request ends once: sent, or a dead letter a person can act on, without the key."""
-import threading
 
 import apache_beam as beam
 import orjson
@@ -14,17 +13,9 @@ from local.braze_sim import BrazeSimulator, SimClient
 from pipeline.config import parse_syncs
 from transforms.identify_sink import DEAD_LETTER_TAG, SENT_TAG, SendMerges
 from transforms.records import MergeRequest
+from tests.conftest import run_and_collect
 
 LABEL = "amp_device"
-_LOCK = threading.Lock()
-_OUT = {}
-
-
-def _store(element, tag):
-    with _LOCK:
-        _OUT.setdefault(tag, []).append(element)
-
-
 def _syncs(url):
     return parse_syncs({"syncs": [{"name": "ext", "endpoint": url, "api_key": "env:K",
                                    "identifier": {"anonymous": {"alias_label": LABEL}},
@@ -37,19 +28,16 @@ def request(i, external_id=None):
 
 def run(url, key, requests, sleep=lambda s: None, **kwargs):
     """``requests``: [(due seconds, MergeRequest)]. Returns (outputs by tag, counters)."""
-    _OUT.clear()
-    p = beam.Pipeline(runner="FnApiRunner")
-    out = (p | beam.Create(requests, reshuffle=False)
-           | "Stamp" >> beam.Map(lambda e: TimestampedValue((e[1].sync, e[1]), e[0]))
-           | SendMerges(_syncs(url), resolve_key=lambda ref: key, sleep=sleep, **kwargs))
-    _ = out[SENT_TAG] | "sent" >> beam.Map(_store, "sent")
-    _ = out[DEAD_LETTER_TAG] | "dead" >> beam.Map(_store, "dead")
-    result = p.run()
-    result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]
+    def build(p):
+        out = (p | beam.Create(requests, reshuffle=False)
+               | "Stamp" >> beam.Map(lambda e: TimestampedValue((e[1].sync, e[1]), e[0]))
+               | SendMerges(_syncs(url), resolve_key=lambda ref: key, sleep=sleep, **kwargs))
+        return {"sent": out[SENT_TAG], "dead": out[DEAD_LETTER_TAG]}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
+    counters = {c.key.metric.name: c.committed for c in collected.result.metrics().query(MetricsFilter())["counters"]
                 if c.key.metric.namespace == "merge"}
-    with _LOCK:
-        return {tag: list(values) for tag, values in _OUT.items()}, counters
+    return {tag: list(values) for tag, values in collected.items() if values}, counters
 
 
 def identify_bodies_received(sim):

@@ -3,7 +3,6 @@ every standard-attribute format rule (valid, fixable, refused, null), Amplitude'
 country and language names as codes, event-property mappings, and renamed attributes under the
 identify operations. A refused value never reaches Braze, leaves the profile as it was, and is
 the identify branch's skip reason, counted."""
-import threading
 
 import apache_beam as beam
 import orjson
@@ -14,6 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from local.braze_sim import SimClient
 from pipeline.config import parse_syncs
 from pipeline.graph import EventsToBraze
+from tests.conftest import run_and_collect
 from tests.test_anonymous_graph import COLLECTED, Published, run as run_streaming_graph
 from tests.test_mappings_sim import PREVIOUS
 from tests.test_standard_attributes import FIXABLE, REFUSED, VALID
@@ -21,35 +21,26 @@ from transforms.parse import fallback_message_id
 from transforms.standard_attributes import FORMATTED_ATTRIBUTES, NOT_NULLABLE
 
 T0 = 1_795_168_800_000
-_LOCK = threading.Lock()
-_OUT = {}
 NULLS = [(name, None, None) for name in sorted(FORMATTED_ATTRIBUTES - NOT_NULLABLE)]  # null removes
 # Attribute strings are also cut to Braze's 479 UTF-8 bytes (transforms.sanitize): 255 "é" are 510.
 BYTES_CUT = {"é" * 255: "é" * 239}
 
 
-def _store(element, tag):
-    with _LOCK:
-        _OUT.setdefault(tag, []).append(element)
-
-
 def run(syncs, timed_events, key):
     """``(publish seconds, event)`` through the graph. Returns (outputs by tag, route counters,
     the source of each event in order)."""
-    _OUT.clear()
     messages = [(t, orjson.dumps({"time": T0 + i, **e})) for i, (t, e) in enumerate(timed_events)]
-    p = beam.Pipeline(runner="FnApiRunner")
-    out = (p | beam.Create(messages, reshuffle=False)
-           | "Stamp" >> beam.Map(lambda m: TimestampedValue(m[1], m[0]))
-           | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key, sleep=lambda s: None))
-    _ = out["outcomes"] | "outcomes" >> beam.Map(_store, "outcomes")
-    _ = out["dead_letters"] | "dead" >> beam.Map(_store, "dead")
-    result = p.run()
-    result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]
+
+    def build(p):
+        out = (p | beam.Create(messages, reshuffle=False)
+               | "Stamp" >> beam.Map(lambda m: TimestampedValue(m[1], m[0]))
+               | EventsToBraze(syncs, max_batch_wait_seconds=1, resolve_key=lambda ref: key, sleep=lambda s: None))
+        return {"outcomes": out["outcomes"], "dead": out["dead_letters"]}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
+    counters = {c.key.metric.name: c.committed for c in collected.result.metrics().query(MetricsFilter())["counters"]
                 if c.key.metric.namespace == "route"}
-    with _LOCK:
-        outputs = {tag: list(values) for tag, values in _OUT.items()}
+    outputs = {tag: list(values) for tag, values in collected.items() if values}
     return outputs, counters, [f"{fallback_message_id(m)}/0" for _, m in messages]
 
 

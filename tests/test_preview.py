@@ -7,13 +7,10 @@ the same way in both (delivered there, ``skipped``/``shadow`` here). The command
 a user runs it, as a subprocess, where its output and exit code are the point.
 """
 import collections
-import itertools
 import os
 import subprocess
 import sys
-import threading
 
-import apache_beam as beam
 import orjson
 import pytest
 import yaml
@@ -27,20 +24,11 @@ from pipeline.graph import EventsToBraze
 from pipeline.preview_report import json_lines
 from transforms.records import DELIVERED, SKIPPED
 from transforms.shadow import SHADOW
+from tests.conftest import run_and_collect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY_ENV = "AMPLITUDE_BRAZE_TEST_PREVIEW_KEY"
 PUBLISHED_MS = 1_795_000_000_000  # in the past, as the preview stamps its sample
-
-_LOCK = threading.Lock()
-_COLLECTED = collections.defaultdict(list)
-_RUN_IDS = itertools.count()
-
-
-def _store(element, run_id):
-    with _LOCK:
-        _COLLECTED[run_id].append(element)
-
 
 def _syncs_document(url):
     return {"syncs": [
@@ -64,13 +52,12 @@ def _corpus(events=300):
 
 def _run_job(syncs, lines, key):
     """The job's graph on the sample, every sync live, sending to the simulator; its outcomes."""
-    run_id = next(_RUN_IDS)
-    with beam.Pipeline(options=PipelineOptions(flags=[], runner="FnApiRunner")) as p:
+    def build(p):
         results = preview_mod.sample_messages(p, lines, PUBLISHED_MS) | EventsToBraze(
             syncs, resolve_key=lambda reference: key, sleep=lambda s: None)
-        results["outcomes"] | beam.Map(_store, run_id)
-    with _LOCK:
-        return _COLLECTED.pop(run_id)
+        return {"outcomes": results["outcomes"]}
+
+    return run_and_collect(build, PipelineOptions(flags=[], runner="FnApiRunner"))["outcomes"]
 
 
 @pytest.mark.integration

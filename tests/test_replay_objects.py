@@ -1,7 +1,6 @@
 """Replayed Braze objects (the operator's replay subscription) pass the checks fresh ones pass,
 or become dead letters with a reason: pure rules by table, then ``ReadReplayedObjects`` on the
 FnApiRunner with Pub/Sub message shapes as ``ReadFromPubSub(with_attributes=True)`` gives them."""
-import threading
 
 import apache_beam as beam
 import orjson
@@ -12,6 +11,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 import transforms.replay as replay_module
 from pipeline.config import parse_syncs
+from tests.conftest import run_and_collect
 from transforms.records import ATTRIBUTES, BRAZE_OBJECT, DEAD_LETTERED, EVENTS, PURCHASES, BrazeItem
 from transforms.replay import DEAD_LETTER_TAG, OUTCOME_TAG, Refusal, ReadReplayedObjects, ReplayRules, \
     replayed_item
@@ -171,30 +171,17 @@ def test_odd_attribute_values_are_refused_not_crashed_on():
 
 # --- ReadReplayedObjects on the FnApiRunner
 
-_LOCK = threading.Lock()
-_OUT = {}
-
-
-def _store(element, tag):
-    with _LOCK:
-        _OUT.setdefault(tag, []).append(element)
-
-
 def _run(messages):
-    _OUT.clear()
-    p = beam.Pipeline(runner="FnApiRunner")
-    out = (p | beam.Create(messages, reshuffle=False)
-           | "Stamp" >> beam.Map(lambda m: TimestampedValue(m, 1_795_168_800))
-           | ReadReplayedObjects(SYNCS))
-    _ = out.objects | "objects" >> beam.Map(_store, "objects")
-    _ = out[DEAD_LETTER_TAG] | "dead" >> beam.Map(_store, "dead")
-    _ = out[OUTCOME_TAG] | "outcomes" >> beam.Map(_store, "outcomes")
-    result = p.run()
-    result.wait_until_finish()
+    def build(p):
+        out = (p | beam.Create(messages, reshuffle=False)
+               | "Stamp" >> beam.Map(lambda m: TimestampedValue(m, 1_795_168_800))
+               | ReadReplayedObjects(SYNCS))
+        return {"objects": out.objects, "dead": out[DEAD_LETTER_TAG], "outcomes": out[OUTCOME_TAG]}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
     counters = {f"{c.key.metric.namespace}/{c.key.metric.name}": c.committed
-                for c in result.metrics().query(MetricsFilter())["counters"]}
-    with _LOCK:
-        return {tag: list(values) for tag, values in _OUT.items()}, counters
+                for c in collected.result.metrics().query(MetricsFilter())["counters"]}
+    return {tag: list(values) for tag, values in collected.items() if values}, counters
 
 
 def _message(obj, message_id, **attributes):

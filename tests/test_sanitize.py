@@ -57,7 +57,7 @@ def test_attribute_null_is_kept_and_an_unkeepable_value_is_dropped_not_nulled():
 
 
 # ---------------------------------------------------------------------------------------------
-# Strings: 255 characters and 479 UTF-8 bytes (braze-api.md §9.1)
+# Strings: 255 characters and 479 UTF-8 bytes (docs/api-facts.md, B7)
 
 
 @pytest.mark.parametrize("text, expected, cut", [
@@ -74,7 +74,7 @@ def test_cut_string(text, expected, cut):
 
 
 # ---------------------------------------------------------------------------------------------
-# Attribute values (braze-api.md §9), one table: value in → value out, changes, omission
+# Attribute values (docs/api-facts.md, B6 and B7), one table: value in → value out, changes, omission
 
 
 def _deep(levels, leaf=1):

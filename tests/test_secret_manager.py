@@ -5,12 +5,10 @@ request and response types, so these tests exercise google-cloud-secret-manager,
 mapping and ours (transforms/secrets.py), and the sink's per-instance cache and 401 re-read
 (transforms/sink.py), with only the server replaced.
 """
-import itertools
 import logging
 import os
 import subprocess
 import sys
-import threading
 from typing import Tuple
 
 import apache_beam as beam
@@ -26,6 +24,7 @@ from transforms.dead_letters import to_pubsub_message
 from transforms.records import DEAD_LETTERED, DELIVERED, EVENTS, TRACK, BrazeItem, Request
 from transforms.secrets import EMULATOR_HOST_ENV, SecretError, resolve_api_key
 from transforms.sink import DEAD_LETTER_TAG, OUTCOMES_TAG, WriteToBraze
+from tests.conftest import run_and_collect
 
 SECRET = "projects/p/secrets/braze-key"
 OLD_KEY = "old-key-5f0c2a9e41d7b3c8"
@@ -187,16 +186,6 @@ def test_a_fresh_process_reads_through_the_emulator_host(sm):
 
 # --- The sink (WriteToBraze in a bounded FnApiRunner pipeline) with keys from Secret Manager
 
-_LOCK = threading.Lock()
-_COLLECTED = {}
-_RUN_IDS = itertools.count()
-
-
-def _store(element, run_id, tag):
-    with _LOCK:
-        _COLLECTED.setdefault((run_id, tag), []).append(element)
-
-
 def _no_sleep(seconds):
     pass
 
@@ -207,20 +196,18 @@ def _event(user, n):
 
 
 def _run(batches, syncs):
-    run_id = next(_RUN_IDS)
-    p = beam.Pipeline(runner="FnApiRunner")
     requests = [(f"k{i}", Request(f"k{i}", 0, tuple(b))) for i, b in enumerate(batches)]
-    results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
-               | WriteToBraze(syncs, sleep=_no_sleep, backoff_base_seconds=0.001))
-    _ = results[OUTCOMES_TAG] | "outcomes" >> beam.Map(_store, run_id, "outcomes")
-    _ = results[DEAD_LETTER_TAG] | "dead letters" >> beam.Map(_store, run_id, "dead")
-    result = p.run()
-    result.wait_until_finish()
+
+    def build(p):
+        results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
+                   | WriteToBraze(syncs, sleep=_no_sleep, backoff_base_seconds=0.001))
+        return {"outcomes": results[OUTCOMES_TAG], "dead": results[DEAD_LETTER_TAG]}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
     metrics = {}
-    for c in result.metrics().query(MetricsFilter())["counters"]:
+    for c in collected.result.metrics().query(MetricsFilter())["counters"]:
         metrics[c.key.metric.name] = metrics.get(c.key.metric.name, 0) + c.committed
-    with _LOCK:
-        return _COLLECTED.pop((run_id, "outcomes"), []), _COLLECTED.pop((run_id, "dead"), []), metrics
+    return collected["outcomes"], collected["dead"], metrics
 
 
 @pytest.fixture

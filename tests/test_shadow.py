@@ -4,7 +4,6 @@ The sink runs on the FnApiRunner against the real Braze simulator over HTTP, bes
 what reached Braze is read from the simulator. Identify's state is carried from a shadow run of
 ``IdentifyDoFn`` to a live one through the same state cell, as ``--update`` hands it over.
 """
-import itertools
 import threading
 from typing import Tuple
 
@@ -22,20 +21,14 @@ from transforms.records import ATTRIBUTES, DELIVERED, EVENTS, IDENTIFY, SKIPPED,
     Outcome, Request, ShadowRequest
 from transforms.shadow import SHADOW, shadow_message, shadow_request
 from transforms.sink import DEAD_LETTER_TAG, OUTCOMES_TAG, SHADOW_TAG, WriteToBraze
+from tests.conftest import run_and_collect
 
 KEY_ENV = "AMPLITUDE_BRAZE_TEST_SHADOW_KEY"
 UNSET_ENV = "AMPLITUDE_BRAZE_TEST_SHADOW_NO_SUCH_KEY"  # never set: reading it would dead-letter
 TIME = "2026-01-15T10:00:00.000Z"
 
 _LOCK = threading.Lock()
-_COLLECTED = {}
 _RESOLVED = []
-_RUN_IDS = itertools.count()
-
-
-def _store(element, run_id, tag):
-    with _LOCK:
-        _COLLECTED.setdefault((run_id, tag), []).append(element)
 
 
 def _recording_resolver(reference):
@@ -58,18 +51,15 @@ def _items(sync, users=("u1", "u2")):
 
 
 def _run_sink(requests, syncs):
-    run_id = next(_RUN_IDS)
-    p = beam.Pipeline(runner="FnApiRunner")
-    results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
-               | WriteToBraze(syncs, resolve_key=_recording_resolver, sleep=lambda s: None))
-    for tag in (OUTCOMES_TAG, DEAD_LETTER_TAG, SHADOW_TAG):
-        _ = results[tag] | f"collect {tag}" >> beam.Map(_store, run_id, tag)
-    result = p.run()
-    result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]}
-    with _LOCK:
-        return ({tag: _COLLECTED.pop((run_id, tag), []) for tag in (OUTCOMES_TAG, DEAD_LETTER_TAG, SHADOW_TAG)},
-                counters)
+    def build(p):
+        results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
+                   | WriteToBraze(syncs, resolve_key=_recording_resolver, sleep=lambda s: None))
+        return {tag: results[tag] for tag in (OUTCOMES_TAG, DEAD_LETTER_TAG, SHADOW_TAG)}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
+    counters = {c.key.metric.name: c.committed
+                for c in collected.result.metrics().query(MetricsFilter())["counters"]}
+    return {tag: collected[tag] for tag in (OUTCOMES_TAG, DEAD_LETTER_TAG, SHADOW_TAG)}, counters
 
 
 # --- The records (pure)

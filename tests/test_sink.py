@@ -3,7 +3,6 @@
 What reached Braze is read from the simulator (``SimClient.users()`` / ``.requests()``), not
 from our own counters. Sleeps are injected (recorded, not slept) so retries are fast.
 """
-import itertools
 import logging
 import threading
 from typing import Tuple
@@ -14,6 +13,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.config import Sync
+from tests.conftest import run_and_collect
 from transforms import sending
 from transforms import sink as sink_mod
 from transforms.records import Request
@@ -31,18 +31,12 @@ BAD_KEY_ENV = "AMPLITUDE_BRAZE_TEST_SINK_BAD_KEY"
 BAD_KEY = "bad-key-3a7e1c0d9b2f-not-the-sim-one"
 TIME = "2026-01-15T10:00:00.000Z"
 
-# --- Collected outputs and recorded sleeps. Module-level so the pickled DoFn and Map
-# functions (pickled by reference) write to the same objects as the test reads.
+# --- Recorded sleeps and rotating keys. Module-level so the pickled DoFn's functions (pickled
+# by reference) write to the same objects as the test reads; outputs are collected by
+# tests/conftest.py's run_and_collect.
 _LOCK = threading.Lock()
-_COLLECTED = {}
 _SLEEPS = []
-_RUN_IDS = itertools.count()
 _ROTATING_KEYS = []
-
-
-def _store(element, run_id, tag):
-    with _LOCK:
-        _COLLECTED.setdefault((run_id, tag), []).append(element)
 
 
 def _record_sleep(seconds):
@@ -112,27 +106,23 @@ def run(batches, syncs, **kwargs):
 
 def run_requests(requests, syncs, **kwargs):
     """Run WriteToBraze over ``(key, Request)`` elements, in this order."""
-    run_id = next(_RUN_IDS)
     kwargs.setdefault("sleep", _record_sleep)
     kwargs.setdefault("backoff_base_seconds", 0.001)
     kwargs.setdefault("max_in_flight", _IN_FLIGHT[0])
-    p = beam.Pipeline(runner="FnApiRunner")
-    results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
-               | WriteToBraze(syncs, **kwargs))
-    _ = results[sink_mod.OUTCOMES_TAG] | "outcomes" >> beam.Map(_store, run_id, "outcomes")
-    _ = results[DEAD_LETTER_TAG] | "dead letters" >> beam.Map(_store, run_id, "dead")
-    result = p.run()
-    result.wait_until_finish()
+
+    def build(p):
+        results = (p | beam.Create(requests, reshuffle=False).with_output_types(Tuple[str, Request])
+                   | WriteToBraze(syncs, **kwargs))
+        return {"outcomes": results[sink_mod.OUTCOMES_TAG], "dead": results[DEAD_LETTER_TAG]}
+
+    collected = run_and_collect(build, runner="FnApiRunner")
     metrics = {}
-    query = result.metrics().query(MetricsFilter())
+    query = collected.result.metrics().query(MetricsFilter())
     for c in query["counters"]:
         metrics[c.key.metric.name] = metrics.get(c.key.metric.name, 0) + c.committed
     for d in query["distributions"]:
         metrics[d.key.metric.name] = d.committed
-    with _LOCK:
-        outcomes = _COLLECTED.pop((run_id, "outcomes"), [])
-        dead = _COLLECTED.pop((run_id, "dead"), [])
-    return outcomes, dead, metrics
+    return collected["outcomes"], collected["dead"], metrics
 
 
 def all_users(braze):

@@ -9,7 +9,7 @@ device shows a ``user_id``. This module decides when, builds the request bodies 
 the answers; ``transforms.device_merge`` (keyed by ``anonymous_key(sync, device)``) calls it, and
 ``transforms.identify_sink`` sends the requests.
 
-What Braze does (reference braze-api.md §4.2, which this follows):
+What Braze does (``docs/api-facts.md``, B13, which this follows):
 
 - The alias-only profile is merged into the profile with that external_id and then removed;
   the merge copies what exists only on the anonymous profile (standard fields, custom
@@ -20,10 +20,10 @@ What Braze does (reference braze-api.md §4.2, which this follows):
   user's *second* anonymous device is not merged (its history stays on its alias profile).
 - An alias that matches nothing is silently dropped (success means "received"), so the
   alias profile must exist before the call: Braze processes requests asynchronously and
-  advises waiting before a dependent call (usually 10-100 ms, "up to 5 minutes", §2.4).
+  advises waiting before a dependent call (usually 10-100 ms, "up to 5 minutes", B13).
 - At most 50 aliases per request; the endpoint shares 20,000 requests a minute with the
   other alias endpoints, apart from /users/track's limit. Braze bills external ids and
-  aliases as non-billable (§6); whether the fields a merge copies count again is
+  aliases as non-billable (B17); whether the fields a merge copies count again is
   UNCONFIRMED.
 - ``merge_behavior`` appears only in old copies of the page (RudderStack still sends
   ``"merge"``); it is not sent here (UNCONFIRMED whether current Braze reads it).
@@ -53,7 +53,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import orjson
 
-from pipeline.config import AnonymousIdentifier, Identifier
+from transforms.model import AnonymousIdentifier, Identifier
+from transforms.braze_facts import IDENTIFY_PATH, MAX_ALIASES_PER_IDENTIFY, MAX_EXTERNAL_ID_BYTES
 from transforms.braze_client import OK, Response, TransportError, Verdict, classify
 from transforms.identifiers import IdentifierMapper
 
@@ -65,9 +66,6 @@ __all__ = [
     "identify_request_problem", "identify_bodies", "classify_identify",
 ]
 
-IDENTIFY_PATH = "/users/identify"
-MAX_ALIASES_PER_IDENTIFY = 50  # Braze's limit per request (§4.2)
-MAX_EXTERNAL_ID_BYTES = 987  # a longer external_id is refused (§1.3)
 # Time from the device's last anonymous event to the identify call: the packer holds objects
 # up to a few seconds, the sink may retry for minutes, and Braze applies them asynchronously.
 DEFAULT_SETTLE_SECONDS = 60.0
@@ -117,7 +115,7 @@ class AnonymousRouting:
 
     ``device(event)`` is the alias name (the anonymous source's value) or None; ``fields(device)``
     the identifier part of its Braze objects, ``_update_existing_only: false`` included, which
-    Braze needs to create an alias-only profile (§1.4)."""
+    Braze needs to create an alias-only profile (docs/api-facts.md, B4)."""
 
     def __init__(self, anonymous: AnonymousIdentifier):
         self.alias_label = anonymous.alias_label
@@ -226,8 +224,8 @@ def classify_identify(response: Union[Response, TransportError]) -> Verdict:
     """Braze's answer to one ``/users/identify`` request → what to do, as for /users/track
     (``transforms.braze_client.classify``: retry 429/5xx/timeouts, split 413, fail 401/403/404,
     reject 400), except that ``errors[]`` entries cannot be traced to entries: their shape is
-    undocumented for this endpoint (the reference mentions a non-fatal error for unknown
-    external ids). A 2xx success with errors stays OK; the errors are in ``detail``."""
+    undocumented for this endpoint (Braze's pages mention a non-fatal error for unknown
+    external ids, docs/api-facts.md, B13). A 2xx success with errors stays OK; the errors are in ``detail``."""
     verdict = classify(response)
     if isinstance(response, TransportError) or not isinstance(response.body, dict):
         return verdict._replace(item_errors=())

@@ -111,7 +111,7 @@ def _apply_array_edit(current: list, edit: dict) -> list:
     return [v for v in current if not contains(gone, v)] + unique(added)
 
 
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+from transforms.braze_facts import INT64_MAX, INT64_MIN  # noqa: E402
 
 
 def merge_attribute_value(previous, new, dropped: Optional[list] = None):

@@ -54,8 +54,7 @@ DEAD_LETTER_TAG = "dead_letters"
 # carry milliseconds, so identify's last flush is stamped up to 1 ms before the end).
 END_OF_WINDOW_MICROS = 1_000_000
 
-MAX_OBJECTS = 75
-MAX_BODY_BYTES = 4 * 1024 * 1024
+from transforms.braze_facts import MAX_BODY_BYTES, MAX_OBJECTS_PER_REQUEST as MAX_OBJECTS  # noqa: E402
 LIMIT_MODES = ("combined", "per_type")
 # Room for the body's own brackets, keys and commas: 3 array keys and a comma per object.
 _BODY_OVERHEAD_BYTES = 64

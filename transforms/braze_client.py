@@ -1,15 +1,17 @@
-"""The Braze /users/track (and /users/identify) transport and the pure rules the sink applies
-to its answers.
+"""The Braze REST transport and the pure rules every caller applies to its answers.
 
 Three separate things live here, none of them Beam-aware:
 
 * ``build_track_body``: a batch of ``BrazeItem`` → the request body, plus the map that leads
   Braze's ``errors[]`` entries (``input_array``, ``index``) back to the item that failed.
-* ``BrazeClient``: one ``requests.Session`` that only sends one body and turns transport
-  failures into ``TransportError``. It makes no decisions (STYLE.md, "Keep the transport
-  apart from the policy").
-* ``classify``, ``retry_wait_seconds`` and ``backoff_seconds``: pure functions the sink's
-  policy is built from, tested with tables.
+* ``BrazeClient``: one ``requests.Session`` that only sends one body to one path and turns
+  transport failures into ``TransportError``. It makes no decisions: the transport stays
+  apart from the policy, so either can change alone. Its constructor is the seam for other
+  endpoints: ``path`` (``/users/track`` by default; the cohort job's export and partner
+  calls), ``authorization=False`` for endpoints whose keys travel in the body, and
+  ``also_scrub`` for those keys.
+* ``classify``: Braze's answer → what to do (a ``Verdict``), tested with tables. How long to
+  wait before trying again is ``transforms.retry_policy``, beside it.
 
 The API key must never reach an exception message, a log line or a repr: ``BrazeClient``
 keeps it only inside the session's headers and scrubs it, in every rendering
@@ -20,28 +22,23 @@ other failure to build or send the request, so nothing but ``TransportError`` le
 """
 from __future__ import annotations
 
-import datetime
-import email.utils
-import math
-import random
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import orjson
 import requests
 
+from transforms.braze_facts import IDENTIFY_PATH, TRACK_PATH
 from transforms.records import ATTRIBUTES, EVENTS, KINDS, PURCHASES, BrazeItem
-from transforms.scrub import scrub
+from transforms.scrub import remember_secret, scrub
 from transforms.secrets import key_problem
 
 __all__ = [
     "TRACK_PATH", "IDENTIFY_PATH",
     "OK", "SPLIT", "REJECT", "FAIL", "RETRY",
     "Response", "TransportError", "ItemError", "Verdict",
-    "build_track_body", "BrazeClient", "classify", "retry_wait_seconds", "backoff_seconds",
+    "build_track_body", "BrazeClient", "classify",
 ]
 
-TRACK_PATH = "/users/track"
-IDENTIFY_PATH = "/users/identify"  # bodies: transforms.anonymous.identify_bodies
 
 # Verdict actions: what the sink should do with the batch it sent.
 OK = "ok"  # accepted; objects named in item_errors failed, the rest are delivered
@@ -70,10 +67,6 @@ CLIENT_ERROR = "client_error"
 
 _MAX_INPUT_LENGTH = "max input length exceeded"
 _TEXT_SNIPPET_CHARS = 500
-# X-RateLimit-Reset values at or below this are read as "seconds from now" (the MAU-plan
-# reading, seconds left in an hourly window); larger values that are not in the future are
-# past epoch instants (the general reading) and mean "no wait". braze-api.md 2.4.
-_RESET_DELTA_MAX_SECONDS = 24 * 3600
 
 
 class Response(NamedTuple):
@@ -151,15 +144,19 @@ def build_track_body(items: Sequence[BrazeItem]) -> Tuple[bytes, Dict[Tuple[str,
 
 
 class BrazeClient:
-    """Posts bodies to ``{endpoint}/users/track`` (or ``/users/identify``) over one reusable session.
+    """Posts bodies to ``{endpoint}{path}`` (``/users/track`` unless told otherwise; also
+    ``/users/identify``) over one reusable session.
 
     It only sends and reports: status codes are not interpreted here (see ``classify``).
     Redirects are not followed (a redirect would re-send the key to another host), TLS is
-    verified, and every call has a timeout.
+    verified, and every call has a timeout. ``authorization=False``: no ``Authorization``
+    header (the partner endpoints take their keys in the body); ``also_scrub``: more secrets
+    to scrub from every error text (those keys).
     """
 
     def __init__(self, endpoint: str, api_key: str, timeout_seconds: float,
-                 session: Optional[requests.Session] = None):
+                 session: Optional[requests.Session] = None, *, path: str = TRACK_PATH,
+                 authorization: bool = True, also_scrub: Sequence[str] = ()):
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
         if not isinstance(api_key, str) or not api_key:
@@ -170,19 +167,19 @@ class BrazeClient:
         if not timeout_seconds or timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
         self.endpoint = endpoint.rstrip("/")
-        self.url = self.endpoint + TRACK_PATH
+        self.url = self.endpoint + path
         self.timeout_seconds = float(timeout_seconds)
-        self._key = api_key
+        self._secrets = (api_key,) + tuple(s for s in also_scrub if s and s != api_key)
+        for secret in self._secrets[1:]:
+            remember_secret(secret)
         self._session = session if session is not None else requests.Session()
         self._session.verify = True
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if authorization:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     def __repr__(self) -> str:
-        return f"BrazeClient(endpoint={self.endpoint!r}, timeout_seconds={self.timeout_seconds})"
+        return f"{type(self).__name__}(url={self.url!r}, timeout_seconds={self.timeout_seconds})"
 
     __str__ = __repr__
 
@@ -195,10 +192,14 @@ class BrazeClient:
     def close(self) -> None:
         self._session.close()
 
+    def post(self, body: bytes) -> Response:
+        """POST one body to ``url``. Returns the answer whatever its status; raises
+        ``TransportError`` when there is no answer (timeout, refused, reset), when the key
+        cannot be sent, or when the request fails in any other way. Nothing else escapes."""
+        return self._send(self.url, body)
+
     def post_track(self, body: bytes) -> Response:
-        """POST one body. Returns the answer whatever its status; raises ``TransportError``
-        when there is no answer (timeout, refused, reset), when the key cannot be sent, or when
-        the request fails in any other way. Nothing else escapes."""
+        """``post``, by the name the /users/track callers use."""
         return self._send(self.url, body)
 
     def post_identify(self, body: bytes) -> Response:
@@ -260,7 +261,7 @@ class BrazeClient:
         return Response(r.status_code, body_json, headers, self._scrub(text))
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, (self._key,))
+        return scrub(text, self._secrets)
 
 
 def _maybe_sent(exc: BaseException) -> bool:
@@ -286,8 +287,8 @@ def _maybe_sent(exc: BaseException) -> bool:
 
 
 def classify(response: Union[Response, TransportError]) -> Verdict:
-    """Braze's answer (or the transport failure) → what the sink should do. See DESIGN.md,
-    "Braze sink and failures", and braze-api.md sections 1.8 and 2."""
+    """Braze's answer (or the transport failure) → what the sink should do. See ``docs/architecture.md``,
+    "Delivery", and ``docs/api-facts.md``, B2 and B10."""
     if isinstance(response, TransportError):
         if getattr(response, "permanent", False):
             reason = API_KEY_INVALID if response.kind == INVALID_KEY else REQUEST_FAILED
@@ -320,7 +321,7 @@ def classify(response: Union[Response, TransportError]) -> Verdict:
         return Verdict(FAIL, permanent[status], f"HTTP {status}: {shown}".rstrip(": "), status)
     if status in (408, 429) or 500 <= status < 600:
         # 502 failed before reaching Braze, 503 lacked capacity: not applied. 500/504 and the
-        # rest may have been accepted before the failure (braze-api.md 2.2 and 6).
+        # rest may have been accepted before the failure (docs/api-facts.md, B10 and B16).
         maybe_applied = status >= 500 and status not in (502, 503)
         return Verdict(RETRY, f"http_{status}", f"HTTP {status}: {shown}".rstrip(": "), status,
                        rate_limited=status == 429, maybe_applied=maybe_applied)
@@ -344,73 +345,3 @@ def _item_errors(raw: Any) -> Tuple[ItemError, ...]:
         text = e.get("type")
         out.append(ItemError(array, index, text if isinstance(text, str) else str(text)))
     return tuple(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Waiting
-
-
-def retry_wait_seconds(headers: Mapping[str, str], now_epoch: float,
-                       cap_seconds: float = 60.0) -> Optional[float]:
-    """How long the rate-limit headers ask us to wait, at most ``cap_seconds``; None if they
-    don't say.
-
-    In order: ``Retry-After`` (seconds or an HTTP date), ``X-Ratelimit-Retry-After``
-    (seconds), then ``X-RateLimit-Reset``: an epoch instant when it lies in the future, else
-    seconds from now when it is small (both readings are documented, braze-api.md 2.4).
-    Header names are matched case-insensitively.
-    """
-    h = {str(k).lower(): str(v).strip() for k, v in (headers or {}).items()}
-    wait = _seconds(h.get("retry-after"))
-    if wait is None and h.get("retry-after"):
-        wait = _http_date_wait(h["retry-after"], now_epoch)
-    if wait is None:
-        wait = _seconds(h.get("x-ratelimit-retry-after"))
-    if wait is None:
-        reset = _seconds(h.get("x-ratelimit-reset"))
-        if reset is not None:
-            if reset > now_epoch:
-                wait = reset - now_epoch
-            elif reset <= _RESET_DELTA_MAX_SECONDS:
-                wait = reset
-            else:
-                wait = 0.0  # an epoch instant already past
-    if wait is None:
-        return None
-    return max(0.0, min(float(wait), float(cap_seconds)))
-
-
-def _seconds(value: Optional[str]) -> Optional[float]:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
-def _http_date_wait(value: str, now_epoch: float) -> Optional[float]:
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - now_epoch)
-
-
-def backoff_seconds(attempt: int, base: float = 0.5, cap: float = 30.0, rng=random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
-
-    ``attempt`` is the number of the attempt that just failed, from 1.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt!r}")
-    exponent = min(attempt - 1, 60)  # no float overflow for silly attempt numbers
-    ceiling = min(float(cap), float(base) * (2.0 ** exponent))
-    return rng.uniform(0.0, ceiling)

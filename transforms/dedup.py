@@ -1,7 +1,7 @@
 """Drop repeated events (same insert id) within a bounded window.
 
 Pub/Sub delivers at least once and publishers retry, and Braze stores every event object it
-gets as a new event (braze-api.md §6): a repeat that reaches Braze is a duplicate for good.
+gets as a new event (docs/api-facts.md, B16): a repeat that reaches Braze is a duplicate for good.
 Amplitude dedups on ``insert_id`` per device; so do we, before the fan-out to syncs, which is
 the same as doing it per sync because every sync sees the same stream, at a fraction of the
 state. A repeat is not silently dropped: it ends as a ``skipped/duplicate`` outcome and is

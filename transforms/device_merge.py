@@ -44,7 +44,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.anonymous import DEFAULT_SETTLE_SECONDS, on_event, on_timer as merge_due
 from transforms.coders import STATE_CODER, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure, count_internal_error, failure_of, guarded
@@ -182,17 +182,13 @@ class DecideMerges(beam.PTransform):
     def __init__(self, syncs: Tuple[Sync, ...], settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                  ttl_seconds: float = DEFAULT_TTL_SECONDS):
         super().__init__()
-        for name, value in (("settle_seconds", settle_seconds), ("ttl_seconds", ttl_seconds)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds!r}")
+        # Both come checked from the entry point (--anonymous_settle_seconds, --user_state_ttl_days).
         self._labels = alias_labels(syncs)
         self._settle = settle_seconds
         self._ttl = ttl_seconds
 
     def expand(self, sightings):
-        decided = sightings | "PerDevice" >> beam.ParDo(
+        decided = sightings | "DecidePerDevice" >> beam.ParDo(
             _DecideMergesDoFn(self._labels, self._settle, self._ttl)
         ).with_outputs(DEAD_LETTER_TAG, main="requests")
         typed(decided.requests, Tuple[str, MergeRequest])

@@ -12,7 +12,7 @@ some level, the rest of the path is tried there as one literal key (``event_prop
 way) is *missing*.
 
 Operator semantics. Amplitude documents its streaming-filter operators only in part
-(``reference/amplitude.md`` §2.2: the full streaming list is unconfirmed; its segment
+(``docs/api-facts.md``, A4: the full streaming list is unconfirmed; its segment
 operators say ``contains`` is case-insensitive). Where it is silent we take the conservative
 reading: a condition holds only when the value clearly satisfies it, and no type coercion.
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Tuple
 
-from pipeline.config import Condition, EventSelector
+from transforms.model import Condition, EventSelector
 
 __all__ = ["MISSING", "compile_condition", "compile_path", "compile_selectors", "get_path"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from pipeline.config import Identifier
+from transforms.model import Identifier
 
 _MISSING = object()
 
@@ -32,7 +32,7 @@ class IdentifierMapper:
         self._path = tuple(identifier.source.split("."))
         self._label = identifier.alias_label
         # Braze: `true` never creates a user; absent creates one for external_id; an alias-only
-        # user is created only with an explicit `false` (reference braze-api.md §1.4).
+        # user is created only with an explicit `false` (docs/api-facts.md, B4).
         if update_existing_only:
             self.update_flag: Optional[bool] = True
         elif identifier.type == "user_alias":

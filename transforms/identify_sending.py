@@ -5,22 +5,23 @@ entries (``transforms.anonymous.identify_bodies``), by the rules ``transforms.se
 to ``/users/track`` where Braze answers alike (``classify_identify``):
 
 * 2xx "success": every entry of the body is sent. Braze says only that it *received* them
-  (an alias that names nobody is dropped silently, braze-api.md §4.2); ``errors[]`` entries
+  (an alias that names nobody is dropped silently, docs/api-facts.md, B13); ``errors[]`` entries
   cannot be traced to entries on this endpoint, so they are logged, not dead-lettered.
 * 400 for several entries: the halves are sent, to find the entry Braze refuses; one entry
   alone is refused (``braze_rejected`` with Braze's message). 413: the halves too.
 * 401 (after one re-read of the key, in case it was rotated), 403, 404, 415, a 2xx that is not
   "success": every entry refused, with what to fix (``braze_forbidden``: the key lacks the
   ``users.identify`` permission).
-* 408, 429, 5xx, timeouts, connection errors: retried with backoff and full jitter (a 429 as
-  long as its headers say) within the attempts and seconds given; then *held*: the caller parks
-  them and retries later (``transforms.identify_sink``).
+* 408, 429, 5xx, timeouts, connection errors: retried by the job's one retry policy
+  (``transforms.retry_policy``: backoff with full jitter, a 429 as long as its headers say)
+  within the attempts and seconds given; then *held*: the caller parks them and retries later
+  (``transforms.identify_sink``).
 * Entries Braze would refuse are never sent (``identify_request_problem``: an external id over
   987 bytes).
 
 Rate: Braze allows 20,000 requests a minute for ``/users/identify``, ``/users/alias/new``,
 ``/users/merge``, ``/users/delete`` and ``/users/alias/update`` together, per workspace,
-apart from ``/users/track`` (§2.3). A sync's calls are made by one key of the sink (one worker
+apart from ``/users/track`` (docs/api-facts.md, B11). A sync's calls are made by one key of the sink (one worker
 at a time), at most ``requests_per_minute`` of them (``IDENTIFY_REQUESTS_PER_MINUTE``, a twentieth
 of Braze's limit, so other syncs and tools on the workspace keep the rest); with 50 entries a
 call that is 50,000 merges a minute per sync. Nothing here touches Beam state.
@@ -37,15 +38,19 @@ from apache_beam.metrics import Metrics
 
 from transforms import braze_client as bc
 from transforms.anonymous import IdentifyRequest, classify_identify, identify_bodies, identify_request_problem
-from transforms.braze_client import TransportError, backoff_seconds, retry_wait_seconds
+from transforms.braze_facts import ALIAS_REQUESTS_PER_MINUTE
+from transforms.braze_client import TransportError
 from transforms.records import MergeRequest
-from transforms.sink_state import Budget, Failure, SyncState
+from transforms.retry_policy import Budget, RetryPolicy
+from transforms.sink_state import Failure, SyncState
 
 __all__ = ["IDENTIFY_REQUESTS_PER_MINUTE", "KIND", "MergeMetrics", "Settled", "IdentifySender", "entry_body"]
 
 _LOG = logging.getLogger("transforms.identify_sink")
 
-IDENTIFY_REQUESTS_PER_MINUTE = 1000
+# A twentieth of Braze's shared limit (docs/api-facts.md, B11), so other callers of the same
+# workspace keep the rest.
+IDENTIFY_REQUESTS_PER_MINUTE = ALIAS_REQUESTS_PER_MINUTE // 20
 KIND = "aliases_to_identify"  # a dead letter's ``kind``: its data is a /users/identify body
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 
@@ -102,14 +107,16 @@ class Settled(NamedTuple):
 
 
 class IdentifySender:
-    """The sending policy of one identify sink instance: pacing, backoff, the rules above."""
+    """The sending rules of one identify sink instance: pacing and the rules above; its waits
+    are the retry policy's (``policy``, or one built from the backoff settings)."""
 
     def __init__(self, *, backoff_base_seconds: float = 0.5, backoff_cap_seconds: float = 30.0,
-                 requests_per_minute: float = IDENTIFY_REQUESTS_PER_MINUTE,
+                 policy: Optional[RetryPolicy] = None, requests_per_minute: float = IDENTIFY_REQUESTS_PER_MINUTE,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None):
-        self._base = backoff_base_seconds
-        self._cap = backoff_cap_seconds
+        self._policy = policy or RetryPolicy(backoff_base_seconds=backoff_base_seconds,
+                                             backoff_cap_seconds=backoff_cap_seconds,
+                                             max_rate_limit_wait_seconds=float("inf"))
         self._interval = 60.0 / requests_per_minute
         self._sleep = sleep
         self._clock = clock
@@ -189,14 +196,12 @@ class IdentifySender:
             # RETRY
             if verdict.rate_limited:
                 metrics.rate_limited.inc()
-            header_wait = None
-            if verdict.rate_limited and isinstance(answer, bc.Response):
-                header_wait = retry_wait_seconds(answer.headers, self._clock(), float("inf"))
-            wait = header_wait if header_wait is not None else backoff_seconds(attempt, self._base, self._cap,
-                                                                              self._rng)
-            if attempt >= max_attempts or wait > budget.remaining():
-                return Settled([], [], list(chunk), header_wait, state.scrub(verdict.detail), verdict.http_status,
-                               attempt)
+            following = self._policy.after_failure(attempt, answer, verdict, budget, self._clock(), self._rng,
+                                                   max_attempts=max_attempts)
+            if following.wait is None:
+                return Settled([], [], list(chunk), following.header_wait, state.scrub(verdict.detail),
+                               verdict.http_status, attempt)
+            wait = following.wait
             metrics.retries.inc()
             if wait > 0:
                 self._sleep(wait)

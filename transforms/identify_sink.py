@@ -48,15 +48,15 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.coders import MERGE, STATE_CODER, JsonBag, JsonValue, typed
 from transforms.guard import INTERNAL_ERROR, Failure as StageFailure, count_internal_error, failure_of, guarded
 from transforms.identify_sending import KIND, IdentifySender, MergeMetrics, Settled, entry_body
-from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
-    split_expired
+from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, split_expired
 from transforms.records import BRAZE_OBJECT, DeadLetter, MergeRequest, utc_now_iso
+from transforms.retry_policy import hold_delay
 from transforms.secrets import resolve_api_key
-from transforms.sink_state import Failure, SyncState
+from transforms.sink_state import Failure, SyncState, close_all
 
 __all__ = ["STAGE", "DEAD_LETTER_TAG", "SENT_TAG", "SendMerges"]
 
@@ -140,11 +140,7 @@ class _MergeSinkDoFn(beam.DoFn):
         self._sender = IdentifySender(sleep=self._sleep, clock=self._clock, rng=self._rng)
 
     def teardown(self):
-        for state in self._states.values():
-            try:
-                state.close()
-            except Exception:  # noqa: BLE001 - teardown must reach every session
-                _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
+        close_all(self._states.values())
 
     @guarded(STAGE, _failed_request)
     def process(self, element, timestamp=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
@@ -333,7 +329,7 @@ class _MergeSinkDoFn(beam.DoFn):
 
     def _delay(self, retries: int, wait_hint: Optional[float]) -> float:
         cap = self._params.hold_backoff_cap_seconds
-        return retry_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, cap), cap, self._rng)
+        return hold_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, cap), cap, self._rng)
 
     def _count_held(self, requests: Iterable[MergeRequest], sign: int) -> None:
         for request in requests:
@@ -373,7 +369,7 @@ class SendMerges(beam.PTransform):
         self._resolve_key, self._sleep, self._clock = resolve_key, sleep, clock
 
     def expand(self, requests):
-        written = requests | "PerSync" >> beam.ParDo(_MergeSinkDoFn(
+        written = requests | "SendPerSync" >> beam.ParDo(_MergeSinkDoFn(
             self._syncs, self._params, self._resolve_key, self._sleep, self._clock)
         ).with_outputs(SENT_TAG, DEAD_LETTER_TAG, main="unused")
         typed(written[SENT_TAG], MergeRequest)

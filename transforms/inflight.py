@@ -2,7 +2,7 @@
 thread pool when a batch key has several requests ready at once).
 
 Braze applies one request's objects in order but does not order separate requests
-(braze-api.md §6): two requests in flight for one user could land out of order, and an older
+(docs/api-facts.md, B16): two requests in flight for one user could land out of order, and an older
 attribute value would win. So requests that share a user are sent one after the other, in the
 order they reached the sink, and requests without a common user may overlap, up to a limit.
 A request waiting for a user also holds back later requests for that user, so no request

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
-from pipeline.config import EventSettings, FieldMapping, UserSettings
+from transforms.model import EventSettings, FieldMapping, UserSettings
 from transforms.filters import MISSING, compile_path
-from transforms.identify import OPERATIONS
+from transforms.identify_ops import OPERATIONS
 from transforms.sanitize import clean_properties
 from transforms.standard_attributes import formatter_for
 

@@ -16,23 +16,24 @@ failures in a row it is dead-lettered as ``retries_exhausted``, so it cannot hol
 the whole budget. (Failures during an outage, before Braze answers anything again, are no
 strikes: when Braze recovers, every key's first request is retried, not given up.)
 
-State per key (docs/architecture.md, "State"): the queue (a bag of ``Parked`` requests, one append
+State per key (docs/architecture.md, "The stateful stages"): the queue (a bag of ``Parked`` requests, one append
 per request held) and one small ``Hold`` record. The queue is read once per retry; handled
 entries at its front are skipped by count and the bag is rewritten only when at least half of it
 was handled, so each held request is written O(1) times however long the outage.
 """
 from __future__ import annotations
 
-import random
 from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 from transforms.records import Request
+# The wait between two tries of a held key is the retry policy's (transforms.retry_policy).
+from transforms.retry_policy import RETRIES_EXHAUSTED  # noqa: F401 (re-exported)
+from transforms.retry_policy import hold_delay as retry_delay  # noqa: F401 (re-exported)
 
 __all__ = ["OUTAGE_BUDGET_EXHAUSTED", "RETRIES_EXHAUSTED", "Parked", "Hold", "HeldQueue", "retry_delay",
            "parse_duration"]
 
 OUTAGE_BUDGET_EXHAUSTED = "outage_budget_exhausted"
-RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 class Parked(NamedTuple):
@@ -57,16 +58,6 @@ class Hold(NamedTuple):
     retries: int = 1  # retry rounds so far (for the backoff)
     last_failed_at: float = 0.0  # when the first held request last failed
     strikes: int = 0  # its failures in a row while Braze took other requests of the sync
-
-
-def retry_delay(tries: int, wait_hint: Optional[float], base: float, cap: float, rng: random.Random) -> float:
-    """Seconds until the next try: what a 429's headers asked (and a little jitter, so the keys
-    that were told the same time do not all come back at once), else exponential backoff with
-    equal jitter, between half and all of ``min(cap, base * 2^(tries-1))``."""
-    if wait_hint is not None:
-        return max(0.0, wait_hint) + rng.uniform(0.0, min(1.0, base))
-    ceiling = min(cap, base * 2 ** min(max(tries - 1, 0), 30))
-    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 
 
 def parse_duration(text) -> float:

@@ -40,11 +40,11 @@ class RecordOutcomes(beam.PTransform):
         self._topic = topic
 
     def expand(self, outcomes):
-        counted = typed(outcomes | "Count" >> beam.ParDo(_CountOutcomes()), Outcome)
+        counted = typed(outcomes | "CountOutcomes" >> beam.ParDo(_CountOutcomes()), Outcome)
         if self._topic:
             (
                 counted
-                | "ToJson" >> beam.Map(outcome_json).with_output_types(bytes)
+                | "EncodeJson" >> beam.Map(outcome_json).with_output_types(bytes)
                 | "Publish" >> WriteToPubSub(self._topic)
             )
         return counted

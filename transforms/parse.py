@@ -30,7 +30,7 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 # garbage, and Braze would store it as given (or as "now", if in the future).
 MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-# Amplitude's own limits (amplitude.md §1.1): strings ≤ 1024 characters, 1 MB per request.
+# Amplitude's own limits (docs/api-facts.md, A1): strings ≤ 1024 characters, 1 MB per request.
 MAX_STRING_CHARS = 1024
 MAX_MESSAGE_BYTES = 1024 * 1024
 # Deepest nesting of objects and arrays accepted in an event (the event object is level 1).
@@ -38,7 +38,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 # later stage (coders, the request body encoder) must handle what parse lets through, so an
 # event deeper than this is refused here, with its reason, before it can hurt a later stage.
 MAX_EVENT_DEPTH = 64
-# Ids Amplitude refuses with a 400 (amplitude.md §1.1); compared case-insensitively.
+# Ids Amplitude refuses with a 400 (docs/api-facts.md, A1); compared case-insensitively.
 PLACEHOLDER_IDS = frozenset({
     "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
     "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",

@@ -1,8 +1,8 @@
 """Amplitude revenue events → Braze purchase objects, for syncs with ``events.purchases: true``.
 
 Off by default: a purchase is what Braze's revenue reports and purchase filters read, but
-Braze says it will deprecate purchase objects in favour of eCommerce events (braze-api.md
-§1.6), so a team opts in. With it on, a *selected* event that carries revenue becomes one
+Braze says it will deprecate purchase objects in favour of eCommerce events (docs/api-facts.md,
+B5), so a team opts in. With it on, a *selected* event that carries revenue becomes one
 purchase object instead of a custom event; every other event stays a custom event.
 
 Where the revenue fields are. The HTTP V2 shape has them at the top level (``price``,
@@ -38,12 +38,12 @@ from __future__ import annotations
 import math
 from typing import List, NamedTuple, Optional, Union
 
+from transforms.braze_facts import MAX_PRODUCT_ID_CHARS, MAX_PURCHASE_QUANTITY
 from transforms.records import iso_from_ms
 from transforms.track import Properties, mapped_properties
 
-MAX_QUANTITY = 100  # Braze's cap per purchase object
+MAX_QUANTITY = MAX_PURCHASE_QUANTITY  # Braze's cap per purchase object
 MAX_PIECES = 10  # a purchase splits into at most this many objects (quantity ≤ 1,000)
-MAX_PRODUCT_ID_CHARS = 255
 DEFAULT_CURRENCY = "USD"
 REVENUE_FIELDS = ("price", "quantity", "revenue", "productId", "currency", "revenueType")
 

@@ -41,8 +41,9 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.anonymous import AnonymousRouting, anonymous_user_key
+from transforms.braze_facts import MAX_PRODUCT_ID_CHARS, MAX_PURCHASE_QUANTITY
 from transforms.coders import typed
 from transforms.guard import INTERNAL_ERROR, Failure, guarded
 from transforms.identifiers import IdentifierMapper
@@ -68,8 +69,7 @@ UPDATE_FLAG = "_update_existing_only"
 # its app_id (transforms.track, transforms.purchases); attributes: the selected properties.
 EVENT_FIELDS = frozenset({"name", "time", "properties"})
 PURCHASE_FIELDS = frozenset({"product_id", "currency", "price", "quantity", "time", "properties"})
-MAX_PRODUCT_ID_CHARS = 255
-MAX_QUANTITY = 100
+MAX_QUANTITY = MAX_PURCHASE_QUANTITY
 
 
 class Refusal(NamedTuple):

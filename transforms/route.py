@@ -42,7 +42,7 @@ import orjson
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms.anonymous import AnonymousRouting, anonymous_key, anonymous_user_key
 from transforms.coders import typed
 from transforms.filters import compile_selectors

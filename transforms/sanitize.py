@@ -1,7 +1,7 @@
 """Make property and attribute values Braze will take, and say what was changed.
 
-Braze refuses a whole event or purchase object for one bad property (braze-api.md §1.5), and
-drops every nested-attribute update of a request for one bad nested value (§1.7, §9.4). Losing a
+Braze refuses a whole event or purchase object for one bad property (docs/api-facts.md, B5), and
+drops every nested-attribute update of a request for one bad nested value (B6). Losing a
 user's event because one of its properties was 300 characters long is worse than sending it
 with that property cut, so values are fixed where the fix is obvious and the loss is small,
 and each fix is counted under its own name (``sanitize.<change>``):
@@ -10,28 +10,28 @@ and each fix is counted under its own name (``sanitize.<change>``):
 change                         rule (Braze's limit)
 =============================  ==============================================================
 ``truncated_string``           a string over 255 characters or 479 UTF-8 bytes is cut to fit,
-                               on a character boundary (§9.1: Braze truncates past either;
+                               on a character boundary (B7: Braze truncates past either;
                                events, purchases, attributes, strings inside arrays/objects)
 ``dropped_property_name``      a property whose name is empty, over 255 characters, starts
                                with ``$``, or is ``time`` / ``event_name`` is left out
 ``dropped_null``               a null inside a nested value or an array is left out (a null
                                property is simply not sent)
 ``dropped_nested_key``         a nested-object key with ``.`` or ``$`` or over 255 characters
-                               (in an attribute also with whitespace, §9.4)
+                               (in an attribute also with whitespace, B6)
 ``dropped_oversized_property`` array/object properties over 100 KB in total: the largest are
                                left out until the rest fits
 ``dropped_deep_value``         a value nested deeper than 40 levels (Amplitude's own limit)
 ``dropped_invalid_number``     an integer outside 64-bit signed range or a float that is not
-                               finite, inside a value (§9.6: NaN/Infinity are not JSON, and a
+                               finite, inside a value (B7: NaN/Infinity are not JSON, and a
                                JSON encoder would write ``null``)
 ``dropped_invalid_time``       (attributes) a nested ``{"$time": ...}`` that is not an ISO 8601
-                               time in years 1-3000 (§9.7: one bad ``$time`` drops every
+                               time in years 1-3000 (B6: one bad ``$time`` drops every
                                nested update of the request)
-``dropped_array_element``      (attributes) an object or array inside a flat array (§9.3:
+``dropped_array_element``      (attributes) an object or array inside a flat array (B7:
                                flat arrays hold plain values)
 ``truncated_array``            (attributes) a flat array, or the values of an ``add``, over
                                the array length limit: the newest are kept, as Braze's FIFO
-                               does (§9.3); also cut to 100 KB
+                               does (B6); also cut to 100 KB
 ``omitted_<reason>``           (attributes) the whole value left out, never sent as ``null``
                                (which would delete the attribute): ``integer_out_of_range``,
                                ``not_finite``, ``invalid_increment``, ``invalid_array_edit``,
@@ -39,12 +39,12 @@ change                         rule (Braze's limit)
                                ``unsupported_type``
 =============================  ==============================================================
 
-Where the reference is silent or UNCONFIRMED, the safe side (the smaller limit, leaving a value
+Where Braze's documentation is silent or UNCONFIRMED, the safe side (the smaller limit, leaving a value
 out rather than sending what Braze might refuse for the whole request):
 
-* 100 KB is read as 100,000 bytes of compact JSON, the smaller reading (§9.3, §9.4).
+* 100 KB is read as 100,000 bytes of compact JSON, the smaller reading (B7).
 * Flat arrays hold at most ``DEFAULT_MAX_ARRAY_LENGTH`` (25) values unless the caller knows
-  the workspace's setting (§9.3: "assume 25"); which end Braze keeps of a longer whole-array
+  the workspace's setting (B6: 25 by default); which end Braze keeps of a longer whole-array
   set is UNCONFIRMED, so the job cuts it itself and keeps the newest, as an ``add`` would.
 * Numbers and booleans in flat arrays are kept (only strings are documented, UNCONFIRMED):
   identify sends what Amplitude holds, and dropping them would lose data for certain.
@@ -68,13 +68,11 @@ __all__ = ["MAX_STRING_CHARS", "MAX_STRING_BYTES", "DEFAULT_MAX_ARRAY_LENGTH", "
            "DROP", "cut_string", "clean_value", "clean_properties", "AttributeValue", "clean_attribute_value",
            "clean_attributes", "clean_attribute"]
 
-MAX_STRING_CHARS = 255
-MAX_STRING_BYTES = 479
-MAX_NAME_CHARS = 255
-MAX_STRUCTURED_BYTES = 100 * 1024
+from transforms.braze_facts import INT64_MAX, INT64_MIN, MAX_NAME_CHARS, MAX_STRING_BYTES, MAX_STRING_CHARS  # noqa: E402
+from transforms.braze_facts import MAX_PROPERTIES_BYTES as MAX_STRUCTURED_BYTES  # noqa: E402
+from transforms.braze_facts import RESERVED_EVENT_PROPERTIES as RESERVED_PROPERTY_NAMES  # noqa: E402
+
 MAX_DEPTH = 40
-RESERVED_PROPERTY_NAMES = frozenset({"time", "event_name"})
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 Changes = List[str]
 
@@ -107,7 +105,7 @@ def clean_value(value, changes: Changes, depth: int = 0, attribute: bool = False
     """A value Braze will take, or ``None`` when nothing of it can be kept.
 
     ``attribute``: the value is inside a nested custom attribute, where keys may hold no
-    whitespace and ``{"$time": "<ISO 8601>"}`` is a time (braze-api.md §9.4, §9.7)."""
+    whitespace and ``{"$time": "<ISO 8601>"}`` is a time (docs/api-facts.md, B6, B7)."""
     if isinstance(value, str):
         value, cut = cut_string(value)
         if cut:
@@ -209,8 +207,8 @@ def clean_properties(properties: Dict[str, object]) -> Tuple[Dict[str, object], 
 # Custom attribute values, as identify sends them
 
 
-DEFAULT_MAX_ARRAY_LENGTH = 25  # Braze's default per array; 100 or 500 only if the workspace says so
-MAX_ATTRIBUTE_BYTES = 100_000  # nested object, array of objects, flat array: "100 KB"
+from transforms.braze_facts import DEFAULT_ARRAY_LENGTH as DEFAULT_MAX_ARRAY_LENGTH  # noqa: E402
+from transforms.braze_facts import MAX_ATTRIBUTE_BYTES  # noqa: E402
 OMIT = object()  # leave the attribute out of the object (a null would delete it in Braze)
 DROP = OMIT  # the older name
 
@@ -279,7 +277,7 @@ def _nested(value, changes: Changes) -> AttributeValue:
     if cleaned is None or (value and not cleaned):  # all of it dropped: {} would erase the stored one
         return _omit(changes, "nothing_left")
     if _json_bytes(cleaned) > MAX_ATTRIBUTE_BYTES:
-        # Braze would drop the update silently (§9.4); cutting keys would change its meaning.
+        # Braze would drop the update silently (B6); cutting keys would change its meaning.
         return _omit(changes, "nested_too_large")
     return AttributeValue(cleaned, tuple(changes))
 

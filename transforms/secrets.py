@@ -1,7 +1,7 @@
 """API-key references → keys.
 
-A sync names its Braze REST API key by reference, never by value (DESIGN.md, "The
-configuration"):
+A sync names its Braze REST API key by reference, never by value (``docs/architecture.md``,
+"Keys"):
 
 * ``env:NAME``: the environment variable NAME (local runs, tests);
 * ``projects/P/secrets/S/versions/V``: a Google Secret Manager secret version.

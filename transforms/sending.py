@@ -1,7 +1,7 @@
 """One /users/track request, tried until it is settled or must be held (the sink's policy).
 
-``RequestSender.send`` sends one request's objects and applies every rule of DESIGN.md, "Braze
-sink and failures", built from the pure rules in ``transforms.braze_client``:
+``RequestSender.send`` sends one request's objects and applies every rule of ``docs/architecture.md``,
+"Delivery", built from the pure rules in ``transforms.braze_client``:
 
 * 2xx "success": delivered, except the objects Braze names in ``errors[]``, which are refused
   with Braze's text.
@@ -11,8 +11,9 @@ sink and failures", built from the pure rules in ``transforms.braze_client``:
   is held with it unsent (a user's objects can sit in both halves).
 * 401 / 403 / 404 / 415 and a 2xx that is not "success": the whole request refused. A 401 first
   re-reads the key once, in case it was rotated.
-* 408 / 429 / 5xx / timeouts / connection errors: retried with exponential backoff and full
-  jitter (a 429 as long as its headers say) within the attempts and seconds the caller gives;
+* 408 / 429 / 5xx / timeouts / connection errors: retried by the job's one retry policy
+  (``transforms.retry_policy``: exponential backoff with full jitter, a 429 as long as its
+  headers say) within the attempts and seconds the caller gives;
   what is still failing then is returned as *held*, with the wait Braze asked for. The caller
   decides whether held means "park and retry later" (an outage, in streaming) or
   ``retries_exhausted`` (the end of a bounded input, or a request that fails while Braze takes
@@ -28,9 +29,10 @@ import time
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from transforms import braze_client as bc
-from transforms.braze_client import TransportError, backoff_seconds, build_track_body, classify, retry_wait_seconds
+from transforms.braze_client import TransportError, build_track_body, classify
 from transforms.records import BrazeItem
-from transforms.sink_state import Budget, Failure, SyncState, Tally, item_failures
+from transforms.retry_policy import Budget, RetryPolicy
+from transforms.sink_state import Failure, SyncState, Tally, item_failures
 
 __all__ = ["AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE", "Sent", "RequestSender"]
 
@@ -59,13 +61,16 @@ class Sent(NamedTuple):
 
 
 class RequestSender:
-    """The sending policy of one sink instance: backoff, throttling, and the rules above."""
+    """The sending rules of one sink instance; its waits are the retry policy's (``policy``, or
+    one built from the backoff settings, waiting as long as a 429 asks)."""
 
-    def __init__(self, *, backoff_base_seconds: float, backoff_cap_seconds: float,
+    def __init__(self, *, backoff_base_seconds: float = 0.5, backoff_cap_seconds: float = 30.0,
+                 policy: Optional[RetryPolicy] = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None):
-        self._base = backoff_base_seconds
-        self._cap = backoff_cap_seconds
+        self._policy = policy or RetryPolicy(backoff_base_seconds=backoff_base_seconds,
+                                             backoff_cap_seconds=backoff_cap_seconds,
+                                             max_rate_limit_wait_seconds=float("inf"))
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -173,19 +178,14 @@ class RequestSender:
             if verdict.rate_limited:
                 m.rate_limited.inc()
             # The failed request may have been applied; Braze has no idempotency key, so a
-            # retry may duplicate events (braze-api.md section 6), and it is counted when made.
+            # retry may duplicate events (docs/api-facts.md, B16), and it is counted when made.
             ambiguous = ambiguous or verdict.maybe_applied
-            header_wait = None
-            if verdict.rate_limited and isinstance(answer, bc.Response):
-                header_wait = retry_wait_seconds(answer.headers, self._clock(), float("inf"))
-            remaining = budget.remaining()
-            if header_wait is not None:
-                wait = header_wait
-            else:
-                wait = backoff_seconds(attempt, self._base, self._cap, self._rng)
-            if attempt >= max_attempts or remaining <= 0 or wait > remaining:
-                return Sent([], held=tuple(items), wait_seconds=header_wait, error=verdict.detail,
+            following = self._policy.after_failure(attempt, answer, verdict, budget, self._clock(), self._rng,
+                                                   max_attempts=max_attempts)
+            if following.wait is None:
+                return Sent([], held=tuple(items), wait_seconds=following.header_wait, error=verdict.detail,
                             http_status=verdict.http_status, attempts=attempt, ambiguous=ambiguous)
+            wait = following.wait
             m.retries.inc()
             if verdict.maybe_applied:
                 m.ambiguous_retries.inc()

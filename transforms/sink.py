@@ -38,30 +38,29 @@ import math
 import random
 import time
 import urllib.parse
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 import apache_beam as beam
-import orjson
 from apache_beam import pvalue
 from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.config import Sync
-from transforms.coders import REQUEST, STATE_CODER, JsonBag, JsonValue, typed
+from transforms.coders import REQUEST, STATE_CODER, JsonBag, typed
 from transforms.guard import Failure as StageFailure
-from transforms.guard import INTERNAL_ERROR, count_internal_error, failure_of, guarded
-from transforms.inflight import InFlight
-from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, HeldQueue, Hold, Parked, retry_delay, \
-    split_expired
-from transforms.records import BRAZE_OBJECT, DEAD_LETTERED, DELIVERED, BrazeItem, DeadLetter, Outcome, Request, \
-    ShadowRequest, utc_now_iso
+from transforms.guard import INTERNAL_ERROR, guarded
+from transforms.model import Sync
+from transforms.outage import OUTAGE_BUDGET_EXHAUSTED, RETRIES_EXHAUSTED, Hold, Parked
+from transforms.records import BRAZE_OBJECT, BrazeItem, DeadLetter, Outcome, Request, ShadowRequest, utc_now_iso
 from transforms.secrets import is_reference, resolve_api_key
-from transforms.sending import AFTER_AMBIGUOUS_RETRY, API_KEY_UNAVAILABLE, RequestSender, Sent
-from transforms.shadow import SHADOW_TAG, ShadowCounters, shadow_outputs
-from transforms.sink_state import METRICS_NAMESPACE, Failure, RecordedMetrics, SyncState, Tally
+from transforms.sending import AFTER_AMBIGUOUS_RETRY, API_KEY_UNAVAILABLE, RequestSender
+from transforms.shadow import SHADOW_TAG, ShadowCounters
+# The sink's DoFn is split by concept: dispatch (sending a key's requests in order) and holding
+# (through outages); their names used by other modules stay importable from here.
+from transforms.sink_dispatch import DEAD_LETTER_TAG, STAGE, UNKNOWN_SYNC, DispatchMixin, dead_letter_outputs
+from transforms.sink_holding import HoldingMixin, held_queue
+from transforms.sink_state import METRICS_NAMESPACE, Failure, SyncState, close_all
 
 __all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STAGE", "METRICS_NAMESPACE",
            "RETRIES_EXHAUSTED", "OUTAGE_BUDGET_EXHAUSTED", "AFTER_AMBIGUOUS_RETRY", "API_KEY_UNAVAILABLE",
@@ -69,18 +68,9 @@ __all__ = ["WriteToBraze", "DEAD_LETTER_TAG", "OUTCOMES_TAG", "SHADOW_TAG", "STA
 
 _LOG = logging.getLogger(__name__)
 
-DEAD_LETTER_TAG = "dead_letters"
 OUTCOMES_TAG = "outcomes"  # the main output's name in the DoOutputsTuple
-STAGE = "braze"
-UNKNOWN_SYNC = "unknown_sync"
 
-# One retry timer sends for at most this long before it hands over to the next firing, so a
-# drain after a long outage is a series of short work items, not one long one.
-DRAIN_SECONDS_PER_FIRING = 20.0
-DEFAULT_OUTAGE_BUDGET_SECONDS = 4 * 3600.0
-# While holding, the first retry comes 2.5-5 s after the failure, then twice as long each time
-# up to the cap: quick enough for a blip, and an hour-long outage costs a few dozen requests.
-HOLD_BACKOFF_BASE_SECONDS = 2.0
+DEFAULT_OUTAGE_BUDGET_SECONDS = 4 * 3600.0  # Amplitude's own destination retries 4 hours (docs/api-facts.md, A4)
 
 
 class WriteToBraze(beam.PTransform):
@@ -198,14 +188,6 @@ class _Params(NamedTuple):
     max_in_flight: int
 
 
-def _parked(fields) -> Parked:
-    return Parked(REQUEST(fields[0]), fields[1])
-
-
-def _held_queue(queue, hold) -> HeldQueue:
-    return HeldQueue(JsonBag(queue, _parked), JsonValue(hold))
-
-
 def _failed_request(dofn, element, failure: StageFailure):
     """``guarded``'s fallback: every object of the request is dead-lettered."""
     request = element[1] if isinstance(element, tuple) and len(element) == 2 else element
@@ -217,24 +199,15 @@ def _failed_request(dofn, element, failure: StageFailure):
             payload_type=BRAZE_OBJECT, failed_at=utc_now_iso(), error_class=failure.error_class))
         return
     for item in items:
-        yield from _dead_letter(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
+        yield from dead_letter_outputs(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
 
 
-def _dead_letter(item: BrazeItem, failure: Failure, error_class: str = "", state: Optional[SyncState] = None):
-    detail = state.scrub(failure.detail) if state is not None else failure.detail
-    yield pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-        stage=STAGE, reason=failure.reason, detail=detail, sync=item.sync, data=orjson.dumps(item.obj),
-        payload_type=BRAZE_OBJECT, kind=item.kind, http_status=failure.http_status, attempts=failure.attempts,
-        failed_at=utc_now_iso(), sources=tuple(item.sources), error_class=error_class))
-    for source in item.sources:
-        yield Outcome(source, item.sync, item.branch, DEAD_LETTERED, failure.reason)
-
-
-class _BrazeSinkDoFn(beam.DoFn):
+class _BrazeSinkDoFn(HoldingMixin, DispatchMixin, beam.DoFn):
     """Keyed like ``transforms.batching``. State per key: ``next_seq`` (the next request to send),
     ``early`` (requests that overtook their predecessor; normally empty), and while holding,
     ``queue`` and ``hold`` (``transforms.outage``). Per request: one read and one write of
-    ``next_seq``; per held request one bag append."""
+    ``next_seq``; per held request one bag append. Its arrival path and timers are here; sending
+    is ``transforms.sink_dispatch`` and holding ``transforms.sink_holding``."""
 
     NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
     EARLY = BagStateSpec("early", STATE_CODER)
@@ -286,11 +259,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        for state in self._states.values():
-            try:
-                state.close()
-            except Exception:  # noqa: BLE001 - teardown must reach every session
-                _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
+        close_all(self._states.values())
 
     # -----------------------------------------------------------------------------------------
     # Arrival: in packing order, then sent, or held behind an outage.
@@ -306,7 +275,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         due = self._in_order(request, next_seq, JsonBag(early, REQUEST), early_count)
         if not due:
             return
-        held = _held_queue(queue, hold)
+        held = held_queue(queue, hold)
         now = self._clock()
         if held.active():
             self._count_held(due, +1)
@@ -353,7 +322,7 @@ class _BrazeSinkDoFn(beam.DoFn):
                  retry=beam.DoFn.TimerParam(RETRY), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         if self._sender is None:
             self.setup()
-        held = _held_queue(queue, hold)
+        held = held_queue(queue, hold)
         if not held.active():
             return
         now = self._clock()
@@ -372,7 +341,7 @@ class _BrazeSinkDoFn(beam.DoFn):
         """End of a bounded input, or a drain: last round for what is held or still early."""
         if self._sender is None:
             self.setup()
-        held = _held_queue(queue, hold)
+        held = held_queue(queue, hold)
         early = JsonBag(early, REQUEST)
         try:
             leftovers = sorted(early.read(), key=lambda r: r.seq) if early_count.read() else []
@@ -389,301 +358,3 @@ class _BrazeSinkDoFn(beam.DoFn):
                 yield from self._final_round(held)
         except Exception as error:  # noqa: BLE001 - a timer must never raise
             yield from self._salvage(held, error)
-
-    def _start_holding(self, held: HeldQueue, outcome: "_Outcome", now: float, retry, window_end, window) -> None:
-        first = outcome.held[0]
-        state = self._state_of(first.request)
-        sent = outcome.first_held
-        held.set_hold(Hold(since=now, head_tries=sent.attempts, head_failed_at=now, head_seconds=sent.seconds,
-                           last_failed_at=now,
-                           ambiguous=sent.ambiguous, last_error=state.scrub(sent.error) if state else sent.error,
-                           last_status=sent.http_status))
-        self._count_held([p.request for p in outcome.held], +1)
-        held.park(outcome.held)
-        if state is not None:
-            state.metrics.outages.inc()
-            _LOG.warning("sync %s: Braze is failing (%s); holding this key's requests and retrying",
-                         state.sync.name, held.hold.last_error)
-        delay = self._hold_delay(1, sent.wait_seconds)
-        if sent.throttled or sent.wait_seconds is not None:
-            self._report_throttled(delay)
-        retry.set(Timestamp.of(now + delay))
-        window_end.set(window.max_timestamp())
-
-    def _retry_held(self, held: HeldQueue, now: float, retry):
-        hold = held.hold
-        entries = held.entries()
-        state = self._state_of(entries[0].request) if entries else None
-        if state is not None:
-            held_for = int(max(0.0, now - hold.since))
-            state.metrics.outage_seconds.inc(held_for - hold.counted)
-            hold = hold._replace(counted=held_for)
-            state.metrics.oldest_held_age_seconds.update(int(max(0.0, now - entries[0].parked_at)))
-        expired, entries = split_expired(entries, now, self._params.outage_budget_seconds)
-        handled = len(expired)
-        for parked in expired:
-            yield from self._give_up(parked, OUTAGE_BUDGET_EXHAUSTED,
-                                     f"Braze did not take it within the outage budget of "
-                                     f"{self._params.outage_budget_seconds:.0f} s; last error: {hold.last_error}",
-                                     hold)
-        deadline = now + DRAIN_SECONDS_PER_FIRING
-        rewrite = False
-        # A drain is not throttled on the client side: the first request of each chunk is the
-        # probe, and Braze's answer to it decides whether the key goes on holding.
-        while entries and self._clock() < deadline:
-            chunk = entries[:max(1, self._params.max_in_flight) * 4]
-            outcome = self._send_all([p.request for p in chunk], 1, 0.0,
-                                     first_ambiguous=hold.ambiguous, first_retrying=True, throttle=False)
-            yield from outcome.outputs
-            still = {p.request.seq: p for p in outcome.held}
-            kept = []
-            for old in chunk:
-                new = still.get(old.request.seq)
-                self._count_held([old.request], -1)
-                if new is not None:
-                    self._count_held([new.request], +1)
-                    kept.append(Parked(new.request, old.parked_at))  # keeps its place and its age
-                    rewrite = rewrite or len(new.request.items) != len(old.request.items)
-            settled = len(chunk) - len(kept)
-            handled += settled
-            if not kept:
-                entries = entries[len(chunk):]
-                hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0, ambiguous=False)
-                continue
-            # Still failing: the held requests keep their place, the rest of the queue behind them.
-            rewrite = rewrite or settled > 0
-            entries = kept + entries[len(chunk):]
-            sent = outcome.first_held
-            same_head = chunk[0].request.seq == kept[0].request.seq
-            # A strike: the same request failed again (not throttled, not rate-limited) although
-            # Braze took another request of this sync since its previous failure.
-            struck = (same_head and state is not None and not sent.throttled and sent.wait_seconds is None
-                      and state.succeeded_since(hold.last_failed_at))
-            strikes = hold.strikes + 1 if struck else 0
-            if strikes >= self._params.max_attempts:
-                yield from self._give_up(kept[0], RETRIES_EXHAUSTED,
-                                         f"failed {strikes} times in a row while Braze took other requests of "
-                                         f"this sync; last error: {sent.error}", hold._replace(
-                                             last_status=sent.http_status, head_tries=hold.head_tries + sent.attempts))
-                entries = entries[1:]
-                handled += 1
-                rewrite = True
-                hold = hold._replace(head_tries=0, head_failed_at=now, head_seconds=0.0, strikes=0,
-                                     last_failed_at=now)
-                held.set_hold(hold)
-                held.commit(handled, entries, rewrite)
-                if entries:
-                    retry.set(Timestamp.of(self._clock()))
-                else:
-                    held.clear()
-                return
-            hold = hold._replace(retries=hold.retries + 1, strikes=strikes, last_failed_at=self._clock(),
-                                 head_tries=(hold.head_tries if same_head else 0) + sent.attempts,
-                                 head_failed_at=hold.head_failed_at if same_head else now,
-                                 head_seconds=(hold.head_seconds if same_head else 0.0) + sent.seconds,
-                                 ambiguous=sent.ambiguous, last_error=state.scrub(sent.error) if state else sent.error,
-                                 last_status=sent.http_status)
-            held.set_hold(hold)
-            held.commit(handled, entries, rewrite)
-            delay = self._hold_delay(hold.retries, sent.wait_seconds)
-            if sent.throttled or sent.wait_seconds is not None:
-                self._report_throttled(delay)
-            retry.set(Timestamp.of(now + delay))
-            return
-        if entries:  # the firing's time is up: the next one goes on at once
-            held.set_hold(hold)
-            held.commit(handled, entries, rewrite)
-            retry.set(Timestamp.of(self._clock()))
-            return
-        if state is not None:
-            state.metrics.outage_seconds.inc(int(max(0.0, self._clock() - hold.since)) - hold.counted)
-            _LOG.warning("sync %s: Braze answers again; the held requests of this key were sent after %.0f s",
-                         state.sync.name, now - hold.since)
-        held.clear()
-
-    def _hold_delay(self, retries: int, wait_hint: Optional[float]) -> float:
-        return retry_delay(retries, wait_hint, min(HOLD_BACKOFF_BASE_SECONDS, self._params.hold_backoff_cap_seconds),
-                           self._params.hold_backoff_cap_seconds, self._rng)
-
-    def _final_round(self, held: HeldQueue):
-        """The input ended: each held request gets what is left of ``max_attempts`` and
-        ``max_retry_seconds`` (the first one has used some already), then a dead letter."""
-        hold = held.hold
-        entries = held.entries()
-        held.clear()
-        self._count_held([p.request for p in entries], -1)
-        for i, parked in enumerate(entries):
-            tries, seconds = (hold.head_tries, hold.head_seconds) if i == 0 else (0, 0.0)
-            attempts_left = self._params.max_attempts - tries
-            seconds_left = self._params.max_retry_seconds - seconds
-            if tries and (attempts_left <= 0 or seconds_left <= 0):
-                still, sent_attempts, sent_seconds, error, status = parked, 0, 0.0, hold.last_error, hold.last_status
-                outputs = []
-            else:
-                outcome = self._send_all([parked.request], max(1, attempts_left), max(0.0, seconds_left),
-                                         first_ambiguous=hold.ambiguous if i == 0 else False,
-                                         first_retrying=tries > 0, throttle=False)
-                outputs = outcome.outputs
-                still = outcome.held[0] if outcome.held else None
-                sent = outcome.first_held
-                if sent is not None:
-                    sent_attempts, sent_seconds, error, status = sent.attempts, sent.seconds, sent.error, sent.http_status
-            yield from outputs
-            if still is None:
-                continue
-            state = self._state_of(still.request)
-            attempts = tries + sent_attempts
-            detail = f"gave up after {attempts} attempt(s) in {seconds + sent_seconds:.1f}s; last error: {error}"
-            for item in still.request.items:
-                yield from self._emit_failure(item, Failure(RETRIES_EXHAUSTED, detail, status, attempts), state)
-
-    def _give_up(self, parked: Parked, reason: str, detail: str, hold: Hold):
-        self._count_held([parked.request], -1)
-        state = self._state_of(parked.request)
-        _LOG.warning("sync %s: %d held objects dead-lettered (%s)", state.sync.name if state else "?",
-                     len(parked.request.items), reason)
-        failure = Failure(reason, detail, hold.last_status, hold.head_tries)
-        for item in parked.request.items:
-            yield from self._emit_failure(item, failure, state)
-
-    def _salvage(self, held: HeldQueue, error: BaseException):
-        """An unexpected error in a timer: what is held is dead-lettered, never retried forever."""
-        failure = failure_of(STAGE, error)
-        count_internal_error(STAGE, failure)
-        try:
-            entries = held.entries()
-        except Exception:  # noqa: BLE001 - the state itself cannot be read
-            entries = []
-        held.clear()
-        for parked in entries:
-            for item in parked.request.items:
-                yield from _dead_letter(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
-
-    # -----------------------------------------------------------------------------------------
-    # Sending: in order, up to max_in_flight at once for requests that share no user.
-
-    def _send_all(self, requests: List[Request], attempts: int, seconds: float,
-                  first_ambiguous: bool = False, first_retrying: bool = False, throttle: bool = True) -> "_Outcome":
-        """Send requests in order; stop starting new ones once one must be held. Returns the
-        outputs of what settled and the held requests (in order) with the first one's ``Sent``.
-        The requests share a batch key, so a sync: in shadow mode none is sent, each becomes its
-        ``ShadowRequest`` (whatever path brought it here: arrival, a hold's retry, the end)."""
-        if requests and requests[0].items and requests[0].items[0].sync in self._shadow:
-            return _Outcome([out for r in requests for out in shadow_outputs(r, self._shadow_counters)], [], None)
-        if self._pool is None or len(requests) == 1:
-            sents = []
-            for i, request in enumerate(requests):
-                sent = self._send_one(request, attempts, seconds, first_ambiguous and i == 0,
-                                      first_retrying and i == 0, throttle, None)
-                sents.append(sent)
-                if sent is not None and sent.held:
-                    break
-            sents += [None] * (len(requests) - len(sents))
-        else:
-            sents = self._send_concurrently(requests, attempts, seconds, first_ambiguous, first_retrying, throttle)
-        outputs: List = []
-        held: List[Parked] = []
-        first_held = None
-        now = self._clock()
-        for request, sent in zip(requests, sents):
-            state = self._state_of(request)
-            if sent is None:  # not started: waits behind the held one
-                held.append(Parked(request, now))
-                continue
-            if not isinstance(sent, Sent):  # a (Sent, recorded metrics, waits) from a pool thread
-                sent, recorded, waits = sent
-                if state is not None:
-                    recorded.replay(state.metrics)
-                for seconds_waited in waits:
-                    self._report_throttled(seconds_waited)
-            outputs.extend(self._emit(sent.results, state))
-            if sent.held:
-                held.append(Parked(request._replace(items=sent.held), now))
-                first_held = first_held or sent
-        return _Outcome(outputs, held, first_held)
-
-    def _send_one(self, request: Request, attempts: int, seconds: float, ambiguous: bool, retrying: bool,
-                  throttle: bool, tally):
-        state = self._state_of(request)
-        if state is None:
-            return Sent([(it, Failure(UNKNOWN_SYNC, f"sync {it.sync!r} is not configured for the Braze sink",
-                                      None, 0)) for it in request.items])
-        tally = tally or Tally(state.metrics, self._report_throttled)
-        return self._sender.send(state, request.items, tally, max_attempts=attempts, max_seconds=seconds,
-                                 ambiguous=ambiguous, retrying=retrying, throttle=throttle and not retrying)
-
-    def _send_concurrently(self, requests: List[Request], attempts: int, seconds: float, first_ambiguous: bool,
-                           first_retrying: bool, throttle: bool):
-        admission = InFlight(self._params.max_in_flight)
-        for i, request in enumerate(requests):
-            admission.add(i, frozenset((it.sync, it.user_key) for it in request.items))
-        results: List = [None] * len(requests)
-        running: Dict[concurrent.futures.Future, int] = {}
-        stop = False
-
-        def on_pool(request, first):
-            waits: List[float] = []
-            tally = Tally(RecordedMetrics(), waits.append)
-            sent = self._send_one(request, attempts, seconds, first and first_ambiguous, first and first_retrying,
-                                  throttle, tally)
-            return sent, tally.m, waits
-
-        while True:
-            if not stop:
-                for i in admission.start():
-                    running[self._pool.submit(on_pool, requests[i], i == 0)] = i
-            if not running:
-                break
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                i = running.pop(future)
-                admission.finish(i)
-                results[i] = future.result()
-                if results[i][0].held:
-                    stop = True
-        return results
-
-    # -----------------------------------------------------------------------------------------
-
-    def _state_of(self, request: Request) -> Optional[SyncState]:
-        return self._states.get(request.items[0].sync) if request.items else None
-
-    def _count_held(self, requests: Iterable[Request], sign: int) -> None:
-        for request in requests:
-            state = self._state_of(request)
-            if state is not None:
-                state.metrics.objects_held.inc(sign * len(request.items))
-
-    def _report_throttled(self, seconds: float) -> None:
-        total = self._throttled_remainder + seconds
-        whole = int(total)
-        self._throttled_remainder = total - whole
-        if whole and self._throttled_seconds is not None:
-            self._throttled_seconds.inc(whole)
-
-    def _emit(self, results, state: Optional[SyncState]) -> List:
-        """Outcomes (and dead letters) of settled objects: None or AFTER_AMBIGUOUS_RETRY when
-        delivered, else a Failure."""
-        out: List = []
-        now_ms = self._clock() * 1000.0
-        for it, failure in results:
-            if failure is None or failure == AFTER_AMBIGUOUS_RETRY:
-                if state is not None:
-                    state.metrics.objects_delivered.inc()
-                    if it.publish_time_ms is not None:
-                        state.metrics.delivery_latency_ms.update(max(0, int(now_ms - it.publish_time_ms)))
-                out.extend(Outcome(source, it.sync, it.branch, DELIVERED, failure or "") for source in it.sources)
-            else:
-                out.extend(self._emit_failure(it, failure, state))
-        return out
-
-    def _emit_failure(self, item: BrazeItem, failure: Failure, state: Optional[SyncState]):
-        if state is not None:
-            state.metrics.objects_dead_lettered.inc()
-        return list(_dead_letter(item, failure, "", state))
-
-
-class _Outcome(NamedTuple):
-    outputs: List
-    held: List[Parked]
-    first_held: Optional[Sent]

@@ -7,7 +7,7 @@
   throttler change under a lock.
 * ``SyncMetrics``: that sync's counters, named ``<sync>.<metric>`` in namespace ``braze``;
   ``RecordedMetrics`` stands in for them in a sending thread (below).
-* ``Budget``: the retry time one input batch has used.
+* ``Budget`` (re-exported from ``transforms.retry_policy``): the retry time one input batch has used.
 * ``Failure`` and ``item_failures``: why an object was not delivered, and the objects Braze
   named in a 2xx or 400 answer's ``errors[]`` traced back to their place in the batch.
 
@@ -24,9 +24,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 from apache_beam.metrics import Metrics
 
-from pipeline.config import Sync
+from transforms.model import Sync
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient
+from transforms.retry_policy import Budget  # noqa: F401 (re-exported)
 from transforms.scrub import scrub
 from transforms.secrets import SecretError
 
@@ -62,21 +63,14 @@ class Failure(NamedTuple):
     attempts: int
 
 
-class Budget:
-    """Retry time used by one input batch: wall time, or the sum of our waits if larger (an
-    injected ``sleep`` may not let the clock move)."""
-
-    def __init__(self, clock: Callable[[], float], max_seconds: float):
-        self._clock = clock
-        self._start = clock()
-        self.max_seconds = max_seconds
-        self.waited = 0.0
-
-    def elapsed(self) -> float:
-        return max(self._clock() - self._start, self.waited)
-
-    def remaining(self) -> float:
-        return self.max_seconds - self.elapsed()
+def close_all(states) -> None:
+    """Close every sync's sessions (a DoFn's teardown): one that fails is logged, never raised,
+    so every other session is still closed."""
+    for state in states:
+        try:
+            state.close()
+        except Exception:  # noqa: BLE001 - teardown must reach every session
+            _LOG.warning("could not close the Braze session of sync %s", state.sync.name)
 
 
 class SyncMetrics:

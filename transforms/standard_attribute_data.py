@@ -1,11 +1,12 @@
 """Lookup tables for ``transforms.standard_attributes``: countries and Braze's languages.
 
-Data only, embedded so no new dependency is needed. Each line of a table is
+A data table, so exempt from the ~400-line rule for modules (docs/architecture.md, "Layout"):
+data only, embedded so no new dependency is needed. Each line of a table is
 ``CODE|name|other spelling|...``; names are matched after ``normalise_name`` (case, accents,
 punctuation and a leading "the" do not matter), and a spelling that would lead to two codes
 fails the import (``tests/test_standard_attributes.py`` imports it).
 
-Countries: ISO 3166-1, 249 entries: alpha-2 (what Braze takes, reference braze-api.md §1.7),
+Countries: ISO 3166-1, 249 entries: alpha-2 (what Braze takes, docs/api-facts.md, B8),
 then alpha-3, then the English short name and the spellings geo-IP databases and Amplitude
 use ("United States", "United Kingdom", "South Korea", "Czechia", ...). Left out on purpose,
 because they name no one country: bare "Korea", "America", "Gaelic", "Kosovo" (``XK`` is not
@@ -14,8 +15,8 @@ an ISO code).
 Languages: Braze's own list (braze-docs ``_docs/_user_guide/data/user_data_collection/
 language_codes.md``: mostly ISO 639-1, plus ``fil``, ``haw``, ``gsw`` and others, and ``nb``
 for Norwegian), each with Braze's name for it and the English names Amplitude stores (its
-HTTP API rewrites a language tag such as ``en-US`` to a name such as ``English``; reference
-amplitude.md §1.1).
+HTTP API rewrites a language tag such as ``en-US`` to a name such as ``English``;
+docs/api-facts.md, A1).
 """
 from __future__ import annotations
 

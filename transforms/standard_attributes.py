@@ -1,12 +1,12 @@
 """Braze's standard user attributes: each value in the one format Braze accepts, or not at all.
 
 Braze recognises its standard profile fields only by their lower-case names, and each wants a
-format of its own (reference braze-api.md §1.7 and §9.5). A bad value is worse than no value:
+format of its own (docs/api-facts.md, B8). A bad value is worse than no value:
 an invalid email makes Braze refuse the whole attribute object (every other attribute in it
 is lost), an unmappable country *erases* the stored one, an invalid time zone is ignored. So a
 value is sent only once it is valid, and otherwise skipped with a short, stable reason that
 the caller counts (the issue's rule: "skipped with a reason and counted, never sent to be
-refused"). Nothing is ever guessed (§9.8: "never send a guess").
+refused"). Nothing is ever guessed (B8: an unmappable country erases the stored one).
 
 ``format_standard(name, value) -> Formatted(value, reason)``: ``reason`` is None when
 ``value`` can be sent; a name that is not a formatted standard attribute passes unchanged. A
@@ -16,7 +16,7 @@ have no "unset".
 =====================  ===================================================  ====================
 attribute              accepted → sent                                      refused: reason
 =====================  ===================================================  ====================
-``email``              trimmed, lower-cased, then checked as §9.5 says:     ``invalid_email``
+``email``              trimmed, lower-cased, then checked as B8 says:       ``invalid_email``
                        local part 1-64 characters (letters, digits,
                        ``!#$%&'*+-/=?^_`{|}~.``, no leading, trailing or
                        double dot), domain of 2+ labels of letters, digits
@@ -47,7 +47,7 @@ attribute              accepted → sent                                      re
 ``home_city``
 =====================  ===================================================  ====================
 
-Choices where Braze's behaviour is UNCONFIRMED (reference §9.5), each on the safe side:
+Choices where Braze's behaviour is UNCONFIRMED (docs/api-facts.md, B8), each on the safe side:
 emails are lower-cased as RudderStack does (Braze's own case folding is unconfirmed; one
 spelling keeps email look-ups stable); the top-level domain is checked for its shape, not
 against ICANN's list (an address with an unknown TLD may still be refused by Braze, and is then
@@ -65,6 +65,7 @@ import re
 import zoneinfo
 from typing import Callable, Dict, NamedTuple, Optional
 
+from transforms.braze_facts import MAX_NAME_CHARS
 from transforms.standard_attribute_data import (
     COUNTRY_BY_NAME, COUNTRY_CODES, LANGUAGE_BY_NAME, LANGUAGE_CODES, LEGACY_LANGUAGE_CODES, normalise_name,
 )
@@ -89,7 +90,6 @@ NOT_A_STRING = "not_a_string"
 REASONS = (INVALID_EMAIL, INVALID_PHONE, INVALID_DOB, INVALID_GENDER, UNKNOWN_COUNTRY, UNKNOWN_LANGUAGE,
            UNKNOWN_TIME_ZONE, INVALID_SUBSCRIPTION_STATE, NOT_A_STRING)
 
-MAX_NAME_CHARS = 255
 MIN_DOB_YEAR, MAX_DOB_YEAR = 1900, 2100
 
 
@@ -115,7 +115,7 @@ _GMAIL_DOMAINS = frozenset(("gmail.com", "googlemail.com"))
 
 
 def format_email(value) -> Formatted:
-    """Trimmed, lower-cased, and valid by Braze's syntax rules (§9.5), else ``invalid_email``."""
+    """Trimmed, lower-cased, and valid by Braze's syntax rules (B8), else ``invalid_email``."""
     if not isinstance(value, str):
         return _refused(INVALID_EMAIL)
     text = value.strip().lower()
@@ -312,7 +312,7 @@ def format_subscription_state(value) -> Formatted:
 
 
 def format_name(value) -> Formatted:
-    """``first_name``, ``last_name``, ``home_city``: a string, cut to 255 characters (§9.5)."""
+    """``first_name``, ``last_name``, ``home_city``: a string, cut to 255 characters (B8)."""
     if not isinstance(value, str):
         return _refused(NOT_A_STRING)
     return Formatted(value[:MAX_NAME_CHARS])

@@ -1,5 +1,5 @@
 """Publish cohort-feed messages to the Pub/Sub emulator, as Amplitude's "Google Pub/Sub (Cohort
-Sync)" destination does (amplitude.md §8.2): one JSON batch per message, every user in it
+Sync)" destination does (docs/api-facts.md, A6): one JSON batch per message, every user in it
 entering (``in_cohort: true``) or leaving, ``computed_time`` as epoch seconds in a string.
 
     publisher = FeedPublisher(emulator, "cohort-feed")

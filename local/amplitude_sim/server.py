@@ -1,4 +1,4 @@
-"""A local stand-in for Amplitude's Behavioral Cohorts download API (amplitude.md §8.1).
+"""A local stand-in for Amplitude's Behavioral Cohorts download API (docs/api-facts.md, A7).
 
 A real HTTP server on 127.0.0.1, like the Braze simulator, answering:
 
@@ -14,7 +14,7 @@ The file is what Amplitude's own artifacts show: a quoted CSV with a header,
 ``"amplitude_id","user_id"`` (plus ``"device_id"`` with ``device_id_column``), an empty
 ``user_id`` for users who have none, and (``tab_prefix``) each value behind a tab character.
 
-Limits, as the reference gives them: HTTP Basic auth (401 otherwise); ``max_concurrent``
+Limits, as docs/api-facts.md (A7) gives them: HTTP Basic auth (401 otherwise); ``max_concurrent``
 requests at once (429 "concurrent"); ``requests_per_10_minutes`` download requests (429
 "10 minutes"); ``monthly_budget`` download requests (429 "monthly"; Amplitude's answer for an
 exhausted budget is unconfirmed); a cohort over ``max_cohort_size`` (400 "too large";

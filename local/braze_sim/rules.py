@@ -1,4 +1,4 @@
-"""Pure checks for /users/track objects, as strict as the reference says Braze is.
+"""Pure checks for /users/track objects, as strict as Braze's docs say Braze is (docs/api-facts.md).
 
 Nothing here touches simulator state: each ``check_*`` function takes one parsed object and
 returns an error text for the ``errors[].type`` field, or ``None`` when the object is valid.

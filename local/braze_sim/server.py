@@ -31,7 +31,7 @@ _DRAIN_LIMIT_BYTES = 64 * 1024 * 1024  # larger bodies are refused unread, and t
 _PARTNER_PATH = re.compile(r"/partners/([^/]+)/cohorts(/users)?")
 _USER_ENDPOINTS = {"/users/track": "track", "/users/alias/new": "alias", "/users/identify": "identify",
                    "/users/export/ids": "export"}
-# The REST key permission each endpoint needs (braze-api.md §1.1, §4.1, §4.2; users.export.ids
+# The REST key permission each endpoint needs (docs/api-facts.md, B1, B13; users.export.ids
 # as the README's cohort lookups name it).
 PERMISSIONS = {"track": "users.track", "alias": "users.alias.new", "identify": "users.identify",
                "export": "users.export.ids"}
@@ -49,7 +49,7 @@ class BrazeSimulator:
     onboarded on or after 2024-08-22). Keys, partner keys and client secrets default to one
     generated value each. ``key_permissions``: key → the permissions it has (``users.track``,
     ``users.identify``, ...); such a key gets Braze's 403 "Access Denied" from an endpoint it
-    lacks the permission for (braze-api.md §2.2). Other keys may call every endpoint.
+    lacks the permission for (docs/api-facts.md, B10). Other keys may call every endpoint.
     """
 
     def __init__(self, api_keys: Optional[Iterable[str]] = None, object_limit_mode: str = "combined",

@@ -174,9 +174,9 @@ class Store:
         self._touch(user)
 
     def identify(self, item: dict) -> str:
-        """One ``aliases_to_identify`` entry, as braze-api.md §4.2 describes it; returns what
+        """One ``aliases_to_identify`` entry, as docs/api-facts.md, B13 describes it; returns what
         happened (``merged``, ``identified`` or ``not_merged``) and counts it as
-        ``aliases_<that>``. Nothing is billed: external ids and aliases are not data points (§6)."""
+        ``aliases_<that>``. Nothing is billed: external ids and aliases are not data points (B17)."""
         outcome = self._identify(item)
         self.counters[f"aliases_{outcome}"] += 1
         return outcome

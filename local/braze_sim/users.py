@@ -13,7 +13,7 @@ from local.braze_sim.rules import CONTROL_KEYS, IDENTIFIER_KEYS, operator_kind
 
 _REMOVE = object()
 
-# Keys Braze does not bill (reference section 6); everything else written to a profile is billable.
+# Keys Braze does not bill (docs/api-facts.md, B17); everything else written to a profile is billable.
 NON_BILLABLE = frozenset((
     "external_id", "user_alias", "braze_id", "country", "language", "email_subscribe",
     "push_subscribe", "subscription_groups", "push_tokens",
@@ -124,10 +124,10 @@ def _deep_merge(old: dict, new: dict) -> dict:
 
 
 def attribute_data_points(obj: dict, has_primary: bool) -> int:
-    """Billable data points of one applied attributes object (reference section 6).
+    """Billable data points of one applied attributes object (docs/api-facts.md, B17).
 
     Every written custom attribute counts, unchanged or null. A whole array counts 1; ``add``
-    and ``remove`` count 1 per value (the reference states it for ``add``; ``remove`` is
+    and ``remove`` count 1 per value (Braze states it for ``add``; ``remove`` is
     assumed alike). A nested object counts every key at every depth. Email and phone used
     as the lookup identifier are not written, so they do not count.
     """

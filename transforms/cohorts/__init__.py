@@ -1,4 +1,4 @@
-"""The cohort-sync job's transforms (DESIGN.md, "Cohort-sync job"), one module per concept.
+"""The cohort-sync job's transforms (the README's "Cohort sync"), one module per concept.
 
 * ``records``: the small records that flow between the steps (Change, Result).
 * ``members``: membership input: snapshot or download rows (CSV / JSONL, local or gs://) → Braze

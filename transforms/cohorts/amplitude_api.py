@@ -1,4 +1,4 @@
-"""Fetching a cohort's members from Amplitude's Behavioral Cohorts API (amplitude.md §8.1).
+"""Fetching a cohort's members from Amplitude's Behavioral Cohorts API (docs/api-facts.md, A7).
 
 Three steps, on ``https://amplitude.com`` (US) or ``https://analytics.eu.amplitude.com`` (EU),
 with HTTP Basic auth (the project's API key and secret key):
@@ -33,7 +33,7 @@ import orjson
 import requests
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.braze_client import backoff_seconds, retry_wait_seconds
+from transforms.retry_policy import RetryPolicy
 from transforms.scrub import remember_secret, scrub
 
 __all__ = ["AmplitudeError", "CohortDownloader", "AUTH_FAILED", "COHORT_NOT_FOUND", "COHORT_TOO_LARGE",
@@ -72,6 +72,11 @@ class CohortDownloader:
         self._timeout = timeout_seconds
         self._poll = poll_seconds
         self._max_wait = max_wait_seconds
+        # The job's one retry policy: errors back off from 1 s to 30 s; a 429 waits as its
+        # headers ask, else from 5 s, at most max_wait_seconds. The deadline is this client's own.
+        self._errors = RetryPolicy(backoff_base_seconds=1.0, backoff_cap_seconds=30.0)
+        self._rate_limits = RetryPolicy(backoff_base_seconds=5.0, backoff_cap_seconds=max_wait_seconds,
+                                        max_rate_limit_wait_seconds=max_wait_seconds)
         self._sleep = sleep
         self._clock = clock
         self._deadline = clock() + deadline_seconds
@@ -169,7 +174,7 @@ class CohortDownloader:
                                       stream=stream)
             except requests.RequestException as e:
                 last = f"{type(e).__name__}: {self._scrub(str(e))}"
-                self._wait_or_give_up(backoff_seconds(attempt, 1.0, 30.0, self._rng), f"{doing}: {last}")
+                self._wait_or_give_up(self._errors.backoff(attempt, self._rng), f"{doing}: {last}")
                 continue
             if r.status_code in accept:
                 return r
@@ -181,13 +186,13 @@ class CohortDownloader:
             if r.status_code == 404:
                 raise AmplitudeError(COHORT_NOT_FOUND, f"{doing}: HTTP 404 {text}".rstrip())
             if r.status_code == 429:
-                wait = retry_wait_seconds(dict(r.headers), time.time(), self._max_wait)
+                wait = self._rate_limits.asked_wait(dict(r.headers), time.time())
                 if wait is None:
-                    wait = backoff_seconds(attempt, 5.0, self._max_wait, self._rng)
+                    wait = self._rate_limits.backoff(attempt, self._rng)
                 self._wait_or_give_up(wait, f"{doing}: Amplitude answered 429 ({text})", RATE_LIMITED)
                 continue
             if r.status_code >= 500:
-                self._wait_or_give_up(backoff_seconds(attempt, 1.0, 30.0, self._rng),
+                self._wait_or_give_up(self._errors.backoff(attempt, self._rng),
                                       f"{doing}: HTTP {r.status_code} {text}".rstrip())
                 continue
             raise AmplitudeError(DOWNLOAD_FAILED, f"{doing}: HTTP {r.status_code} {text}".rstrip())

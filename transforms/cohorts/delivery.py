@@ -1,6 +1,6 @@
 """Delivering cohort changes to Braze: the two modes, and the Beam transform.
 
-Modes (``Target.delivery``; braze-api.md §5 and §1):
+Modes (``Target.delivery``; docs/api-facts.md, B15 and B1):
 
 * ``partner``: ``POST {endpoint}/partners/{partner}/cohorts`` names the cohort (called by the
   job before any membership call, on the first sync and when the cohort was renamed), then
@@ -44,13 +44,14 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from pipeline.cohort_config import CohortSync, Target, UserMapping
+from transforms.cohorts.model import CohortSync, Target, UserMapping
 from transforms import braze_client as bc
 from transforms.braze_client import BrazeClient, classify
+from transforms.braze_facts import MAX_OBJECTS_PER_REQUEST, MAX_PARTNER_IDS
 from transforms.cohorts.lookup import ExportClient, check_users, lookup_key_reference
 from transforms.cohorts.records import ADD, DONE, FAILED, REJECTED_BY_BRAZE, REMOVE, SKIPPED, Change, Result
-from transforms.cohorts.transport import RETRIES_EXHAUSTED, PartnerClient, RetryPolicy, classify_partner, \
-    send_with_retries
+from transforms.cohorts.transport import PartnerClient, classify_partner
+from transforms.retry_policy import RETRIES_EXHAUSTED, RetryPolicy, send_with_retries
 from transforms.guard import INTERNAL_ERROR, guarded
 from transforms.scrub import remember_secret
 from transforms.secrets import SecretError, resolve_api_key
@@ -63,8 +64,8 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-PARTNER_MAX_IDS = 1000  # user_ids + device_ids + aliases, per request (braze-api.md §5)
-TRACK_MAX_OBJECTS = 75  # objects per /users/track request (braze-api.md §1.2)
+PARTNER_MAX_IDS = MAX_PARTNER_IDS  # user_ids + device_ids + aliases, per request (docs/api-facts.md, B15)
+TRACK_MAX_OBJECTS = MAX_OBJECTS_PER_REQUEST  # objects per /users/track request (B2)
 METRICS_NAMESPACE = "cohorts"
 API_KEY_UNAVAILABLE = "api_key_unavailable"
 
@@ -74,7 +75,7 @@ API_KEY_UNAVAILABLE = "api_key_unavailable"
 
 
 def cohort_label(sync: CohortSync) -> str:
-    """How Braze shows an Amplitude cohort: ``[Amplitude] <name>: <id>`` (amplitude.md §4.2)."""
+    """How Braze shows an Amplitude cohort: ``[Amplitude] <name>: <id>`` (docs/api-facts.md, A5)."""
     return f"[Amplitude] {sync.cohort_name}: {sync.cohort_id}"
 
 
@@ -246,7 +247,7 @@ class CohortDeliverer:
     def _send(self, client, body: bytes, judge) -> Tuple[bc.Verdict, int]:
         def send():
             self._requests.inc()
-            return client.post_track(body)
+            return client.post(body)
 
         return send_with_retries(send, judge, self.policy, self._sleep, self._clock, self._rng)
 
@@ -306,11 +307,11 @@ class DeliverChanges(beam.PTransform):
         shards = self._shards
         return (
             changes
-            | "Key by operation and shard" >> beam.Map(
+            | "KeyByOperationAndShard" >> beam.Map(
                 lambda c: (f"{c.op}:{zlib.crc32(c.key.encode('utf-8')) % shards}", c)).with_output_types(
                     typing.Tuple[str, Change])
-            | "Group into requests" >> beam.GroupIntoBatches(self._batch)
-            | "Send to Braze" >> beam.ParDo(_DeliverDoFn(self._deliverer))
+            | "GroupIntoRequests" >> beam.GroupIntoBatches(self._batch)
+            | "SendToBraze" >> beam.ParDo(_DeliverDoFn(self._deliverer))
         )
 
 

@@ -47,10 +47,10 @@ class ReadLastMembership(beam.PTransform):
 
     def expand(self, pbegin):
         if self._path is None:
-            return pbegin | "No last membership" >> beam.Create([])
+            return pbegin | "CreateEmptyMembership" >> beam.Create([])
         return (pbegin
-                | "Read lines" >> beam.io.ReadFromText(self._path)
-                | "Parse members" >> beam.FlatMap(_parse_member))
+                | "ReadLines" >> beam.io.ReadFromText(self._path)
+                | "ParseMembers" >> beam.FlatMap(_parse_member))
 
 
 def _parse_member(line: str):
@@ -66,7 +66,7 @@ class DiffMembership(beam.PTransform):
     def expand(self, pcolls):
         return (
             {"new": pcolls["new"], "old": pcolls["old"]}
-            | "Join by Braze id" >> beam.CoGroupByKey()
+            | "JoinByBrazeId" >> beam.CoGroupByKey()
             | "Compare" >> beam.ParDo(_DiffDoFn()).with_outputs(UNCHANGED_TAG, main="changes")
         )
 

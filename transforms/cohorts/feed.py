@@ -1,12 +1,12 @@
 """Amplitude's Pub/Sub cohort feed: message bytes → membership batches (pure), and the Beam step.
 
 Amplitude's "Google Pub/Sub (Cohort Sync)" destination publishes one JSON batch per message
-(amplitude.md §8.2)::
+(docs/api-facts.md, A6)::
 
     {"cohort_name": "...", "cohort_id": "...", "in_cohort": true, "computed_time": "1767225600",
      "message_id": "...", "users": [{"user_id": "...", "user_properties": {...}}]}
 
-``in_cohort`` true: every user enters; false: every user leaves. Tolerated where the reference
+``in_cohort`` true: every user enters; false: every user leaves. Tolerated where Amplitude's documentation
 says unconfirmed: ``compute_time`` for ``computed_time`` (the field lists' spelling); a
 ``computed_time`` as epoch seconds in a string (documented), a number, epoch milliseconds (a
 value over 10^11) or ISO 8601; ``user_properties`` on the user or absent (Pub/Sub dropped
@@ -227,5 +227,5 @@ class ParseFeed(beam.PTransform):
         self._known = tuple(sorted(set(known_cohorts)))
 
     def expand(self, messages):
-        return messages | "Parse feed messages" >> beam.ParDo(_ParseFeedDoFn(self._known)).with_outputs(
+        return messages | "ParseFeedMessages" >> beam.ParDo(_ParseFeedDoFn(self._known)).with_outputs(
             DEAD_LETTER_TAG, main="batches")

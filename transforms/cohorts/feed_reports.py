@@ -29,8 +29,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, EmailSettings, Target
-from transforms.cohorts.records import FAILED, Result
+from transforms.cohorts.model import CohortSync, EmailSettings, Target
+from transforms.cohorts.records import FAILED, Result, iso_seconds
 from transforms.guard import count_internal_error, failure_of
 
 __all__ = ["PERIODS", "FeedReports", "period_of", "write_period_report"]
@@ -50,8 +50,7 @@ def period_of(kind: str, epoch_seconds: float) -> Tuple[int, str]:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).isoformat(
-        timespec="seconds").replace("+00:00", "Z")
+    return iso_seconds(datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc))
 
 
 def write_period_report(sync: CohortSync, target: Target, kind: str, start: int, label: str, results,
@@ -161,7 +160,7 @@ class FeedReports(beam.PTransform):
 
     def expand(self, results):
         return (results
-                | "Key by sync and period" >> beam.FlatMap(_keyed(self._clock)).with_output_types(
+                | "KeyBySyncAndPeriod" >> beam.FlatMap(_keyed(self._clock)).with_output_types(
                     typing.Tuple[str, str])
-                | "Write period reports" >> beam.ParDo(
+                | "WritePeriodReports" >> beam.ParDo(
                     _ReportDoFn(self._routes, self._report_dir, self._email, self._clock)))

@@ -1,4 +1,4 @@
-"""The feed's two keyed steps, and the fan-out to the cohort's syncs (amplitude.md §8.4, 4):
+"""The feed's two keyed steps, and the fan-out to the cohort's syncs (docs/api-facts.md, A6):
 
 * **Drop repeats** by ``message_id`` (Amplitude retries; Pub/Sub redelivers): state per
   message id, kept ``dedup_seconds``, a repeat counted (``cohort_feed/duplicate_messages``).
@@ -31,7 +31,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, Target
+from transforms.cohorts.model import CohortSync, Target
 from transforms.cohorts.feed import DEAD_LETTER_TAG, FeedBatch, feed_dead_letter
 from transforms.cohorts.members import mapped_value
 from transforms.cohorts.records import ADD, REMOVE, SKIPPED, UNRESOLVED_MAPPING, Result
@@ -62,15 +62,21 @@ def _batch_of(element) -> FeedBatch:
     return value if isinstance(value, FeedBatch) else FeedBatch(*value)
 
 
-def _dead_letter_of_batch(stage):
+def _dead_letter_with(stage, as_feed_json):
+    """``guarded``'s fallback for a feed step: the element as a feed message a replay can send
+    again (``as_feed_json``), or as text when it cannot be one, dead-lettered ``internal_error``."""
     def on_error(dofn, element, failure):
         try:
-            data = batch_json(_batch_of(element))
+            data = as_feed_json(element)
         except Exception:  # noqa: BLE001 - describe it as text when it cannot be JSON
             data = repr(element).encode("utf-8", "replace")[:100_000]
         yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(data, "internal_error", failure.detail, stage,
                                                                     error_class=failure.error_class))
     return on_error
+
+
+def _dead_letter_of_batch(stage):
+    return _dead_letter_with(stage, lambda element: batch_json(_batch_of(element)))
 
 
 class _DropRepeatsDoFn(beam.DoFn):
@@ -105,9 +111,9 @@ class DropRepeatedMessages(beam.PTransform):
 
     def expand(self, batches):
         return (batches
-                | "Key by message_id" >> beam.Map(lambda b: (b.message_id, tuple(b))).with_output_types(
+                | "KeyByMessageId" >> beam.Map(lambda b: (b.message_id, tuple(b))).with_output_types(
                     typing.Tuple[str, typing.Tuple])
-                | "Drop repeats" >> beam.ParDo(_DropRepeatsDoFn(self._dedup_seconds, self._clock)).with_outputs(
+                | "DropRepeats" >> beam.ParDo(_DropRepeatsDoFn(self._dedup_seconds, self._clock)).with_outputs(
                     DEAD_LETTER_TAG, main="batches"))
 
 
@@ -132,17 +138,14 @@ class _SplitUsersDoFn(beam.DoFn):
                 yield pvalue.TaggedOutput(UNORDERED_TAG, change)
 
 
+def _change_json(element) -> bytes:
+    change = element[1] if isinstance(element, tuple) and len(element) == 2 else element
+    when, in_cohort, user_id, props, cohort_id, message_id = change
+    return batch_json(FeedBatch(message_id, cohort_id, "", in_cohort, when, ((user_id, props),)))
+
+
 def _dead_letter_of_change(stage):
-    def on_error(dofn, element, failure):
-        change = element[1] if isinstance(element, tuple) and len(element) == 2 else element
-        try:
-            when, in_cohort, user_id, props, cohort_id, message_id = change
-            data = batch_json(FeedBatch(message_id, cohort_id, "", in_cohort, when, ((user_id, props),)))
-        except Exception:  # noqa: BLE001
-            data = repr(element).encode("utf-8", "replace")[:100_000]
-        yield pvalue.TaggedOutput(DEAD_LETTER_TAG, feed_dead_letter(data, "internal_error", failure.detail, stage,
-                                                                    error_class=failure.error_class))
-    return on_error
+    return _dead_letter_with(stage, _change_json)
 
 
 class _NewestDoFn(beam.DoFn):
@@ -180,14 +183,14 @@ class NewestChangePerUser(beam.PTransform):
         self._clock = clock
 
     def expand(self, batches):
-        split = batches | "One change per user" >> beam.ParDo(_SplitUsersDoFn()).with_outputs(
+        split = batches | "SplitUsers" >> beam.ParDo(_SplitUsersDoFn()).with_outputs(
             UNORDERED_TAG, DEAD_LETTER_TAG, main="keyed")
         newest = (split.keyed
-                  | "Typed" >> beam.Map(lambda kv: kv).with_output_types(typing.Tuple[str, typing.Tuple])
-                  | "Newest computed_time wins" >> beam.ParDo(_NewestDoFn(self._ttl, self._clock)).with_outputs(
+                  | "TypeChanges" >> beam.Map(lambda kv: kv).with_output_types(typing.Tuple[str, typing.Tuple])
+                  | "KeepNewestChange" >> beam.ParDo(_NewestDoFn(self._ttl, self._clock)).with_outputs(
                       DEAD_LETTER_TAG, main="changes"))
-        changes = (newest.changes, split[UNORDERED_TAG]) | "All changes" >> beam.Flatten()
-        dead = (split[DEAD_LETTER_TAG], newest[DEAD_LETTER_TAG]) | "Dead letters" >> beam.Flatten()
+        changes = (newest.changes, split[UNORDERED_TAG]) | "FlattenChanges" >> beam.Flatten()
+        dead = (split[DEAD_LETTER_TAG], newest[DEAD_LETTER_TAG]) | "FlattenDeadLetters" >> beam.Flatten()
         return {"changes": changes, DEAD_LETTER_TAG: dead}
 
 
@@ -223,7 +226,7 @@ class FanOutToSyncs(beam.PTransform):
                 (sync.name, target.user_mapping.type, target.user_mapping.source))
 
     def expand(self, changes):
-        return changes | "To each sync" >> beam.ParDo(_FanOutDoFn(self._routes)).with_outputs(
+        return changes | "FanOut" >> beam.ParDo(_FanOutDoFn(self._routes)).with_outputs(
             SKIPPED_TAG, DEAD_LETTER_TAG, main="changes")
 
 

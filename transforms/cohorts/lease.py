@@ -7,7 +7,7 @@
   that was not given back (the process died) expires after its duration.
 * **The month's download count** (``<state_dir>/amplitude/downloads-<YYYY-MM>.json``):
   Amplitude allows a fixed number of cohort downloads a month (500 on Growth/Enterprise,
-  amplitude.md §8.1; every "request a download" call counts). Each run reserves one *before*
+  docs/api-facts.md, A7; every "request a download" call counts). Each run reserves one *before*
   the call, so a call that fails still counts, and refuses when the month's count has reached
   the budget less the reserve (``--use_download_reserve`` lets a hand run use the reserve, never
   the budget). Whether the budget is per project or per organisation is unconfirmed: every
@@ -25,6 +25,7 @@ import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.cohorts.objects import objects_for
+from transforms.cohorts.records import iso_seconds, utc_now
 from transforms.cohorts.state import StateError, quote
 
 __all__ = ["BudgetExhausted", "Lease", "LeaseHeld", "acquire_lease", "release_lease", "reserve_download",
@@ -48,12 +49,8 @@ class Lease(NamedTuple):
     expires_at: str
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _iso(dt: datetime.datetime) -> str:
-    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+_now = utc_now
+_iso = iso_seconds
 
 
 def _parse(text) -> Optional[datetime.datetime]:

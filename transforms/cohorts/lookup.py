@@ -41,16 +41,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 
 import orjson
 
-from pipeline.cohort_config import Target, UserMapping
+from transforms.cohorts.model import Target, UserMapping
 from transforms import braze_client as bc
+from transforms.braze_facts import EXPORT_IDS_PATH, MAX_EXPORT_IDS
 from transforms.braze_client import BrazeClient, Response, TransportError, classify
 from transforms.cohorts.records import FAILED, LOOKUP_FAILED, SKIPPED, UNKNOWN_TO_BRAZE, Change, Result
 
 __all__ = ["EXPORT_MAX_IDS", "EXPORT_PATH", "FIELDS_TO_EXPORT", "ExportClient", "classify_lookup",
            "known_keys", "lookup_bodies", "lookup_key_reference", "check_users"]
 
-EXPORT_PATH = "/users/export/ids"
-EXPORT_MAX_IDS = 50  # external_ids or user_aliases per request; device_id is one per request
+EXPORT_PATH = EXPORT_IDS_PATH
+EXPORT_MAX_IDS = MAX_EXPORT_IDS  # external_ids or user_aliases per request; device_id is one per request
 FIELDS_TO_EXPORT = ("external_id", "user_aliases", "braze_id")
 UNKNOWN_DETAIL = "Braze has no such user (/users/export/ids); not sent, as Braze never creates users from a cohort"
 
@@ -121,13 +122,7 @@ class ExportClient(BrazeClient):
     to ``/users/export/ids``."""
 
     def __init__(self, endpoint: str, api_key: str, timeout_seconds: float, session=None):
-        super().__init__(endpoint, api_key, timeout_seconds, session)
-        self.url = self.endpoint + EXPORT_PATH
-
-    def __repr__(self) -> str:
-        return f"ExportClient(url={self.url!r}, timeout_seconds={self.timeout_seconds})"
-
-    __str__ = __repr__
+        super().__init__(endpoint, api_key, timeout_seconds, session, path=EXPORT_PATH)
 
 
 Send = Callable[[bytes, Callable], Tuple[bc.Verdict, int]]

@@ -31,7 +31,7 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.cohort_config import UserMapping
+from transforms.cohorts.model import UserMapping
 from transforms.cohorts.records import ADD, INVALID_ROW, SKIPPED, UNRESOLVED_MAPPING, Result
 
 __all__ = ["ReadSnapshot", "ResolveMembers", "SKIPPED_TAG", "snapshot_format", "read_csv_header",
@@ -105,7 +105,7 @@ class ReadSnapshot(beam.PTransform):
         self._fmt = snapshot_format(path)
 
     def expand(self, pbegin):
-        return pbegin | "Read lines" >> beam.io.ReadFromText(
+        return pbegin | "ReadLines" >> beam.io.ReadFromText(
             self._path, skip_header_lines=1 if self._fmt == "csv" else 0)
 
 
@@ -123,7 +123,7 @@ class ResolveMembers(beam.PTransform):
         self._columns = tuple(columns)
 
     def expand(self, lines):
-        return lines | "Map to Braze ids" >> beam.ParDo(
+        return lines | "MapToBrazeIds" >> beam.ParDo(
             _ResolveDoFn(self._mapping.source, self._fmt, self._columns)).with_outputs(SKIPPED_TAG, main="members")
 
 

@@ -1,4 +1,5 @@
-"""The email every run sends, on success and on failure (seed: "Email notifications").
+"""The email every run sends, on success and on failure (as Amplitude's own cohort syncs do,
+docs/api-facts.md, A5).
 
 Plain ``smtplib`` to the configured server: STARTTLS or SMTPS (``ssl``), and a login with a
 password *reference* (``env:NAME`` / Secret Manager, read through ``transforms.secrets``) only
@@ -18,7 +19,7 @@ import smtplib
 import ssl
 from typing import Callable, Optional
 
-from pipeline.cohort_config import EmailSettings
+from transforms.cohorts.model import EmailSettings
 from transforms.scrub import remember_secret, scrub
 from transforms.secrets import SecretError, resolve_api_key
 

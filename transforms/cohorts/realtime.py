@@ -9,7 +9,7 @@ change per user wins (by time, then arrival), and the changes go out through the
 
 Failures: changes whose request failed after the retries stay buffered, unless a newer change
 for that user arrived, and go again at the next flush ("changes are sent once the issue is
-resolved", amplitude.md §3.1), and their FAILED results go to the reports (a failed hour is
+resolved", docs/api-facts.md, A5), and their FAILED results go to the reports (a failed hour is
 emailed). The *final* flush (drain, end of input) cannot wait for a next one: its failed changes
 go to the dead letters, each as a feed message for that user a replay can republish, never
 dropped. An unexpected error in a flush dead-letters the buffered changes the same way
@@ -33,7 +33,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.cohort_config import CohortSync, Target
+from transforms.cohorts.model import CohortSync, Target
 from transforms.cohorts.delivery import CohortDeliverer, RetryPolicy
 from transforms.cohorts.feed import DEAD_LETTER_TAG, feed_dead_letter
 from transforms.cohorts.records import ADD, FAILED, REMOVE, Change
@@ -103,9 +103,9 @@ class FlushAndDeliver(beam.PTransform):
         shards = self._shards
         return (
             changes
-            | "Key by shard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, tuple(c)))
+            | "KeyByShard" >> beam.Map(lambda c: (zlib.crc32(c[1].encode("utf-8")) % shards, tuple(c)))
             .with_output_types(typing.Tuple[int, typing.Tuple])
-            | "Buffer, flush and send" >> beam.ParDo(
+            | "BufferFlushAndSend" >> beam.ParDo(
                 _FlushDoFn(self._deliverer, self._flush_seconds, self._clock)).with_outputs(
                     DEAD_LETTER_TAG, main="results")
         )

@@ -7,6 +7,7 @@ is what Braze sees: two Amplitude ids with one user_id are one Braze user.
 """
 from __future__ import annotations
 
+import datetime
 from typing import NamedTuple, Tuple
 
 ADD = "add"
@@ -52,3 +53,13 @@ class Result(NamedTuple):
     def from_json(cls, d: dict) -> "Result":
         return cls(d["op"], d["key"], tuple(d["amplitude_ids"]), d["status"], d.get("reason", ""),
                    d.get("detail", ""))
+
+
+def utc_now() -> datetime.datetime:
+    """Now, in UTC: the cohort job's runs, leases and reports are all stamped in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def iso_seconds(moment: datetime.datetime) -> str:
+    """A UTC moment as ISO 8601 to the second with a ``Z`` (``2026-01-15T10:00:00Z``)."""
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

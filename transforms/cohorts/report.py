@@ -2,7 +2,7 @@
 
 The JSON holds the run (id, sync, cohort, target, mode, cadence, started/finished, status,
 run-level errors and notes, the email's outcome), the counts, and one row per Amplitude user.
-The CSV holds the rows with the columns of Amplitude's sync-history export (amplitude.md §3.5:
+The CSV holds the rows with the columns of Amplitude's sync-history export (docs/api-facts.md, A5:
 ``Amplitude_id``, ``Operation``, mapped properties, ``Skip_detected``, ``Skip_reason``), plus the
 status and detail:
 

@@ -40,7 +40,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.cohort_config import CohortConfig, Target
+from transforms.cohorts.model import CohortConfig, Target
 from transforms.cohorts.objects import ABSENT, objects_for
 
 __all__ = ["StateError", "StateStore", "new_run_id", "quote"]
