@@ -78,6 +78,21 @@ class _NoTimer:
 _NO_TIMER = _NoTimer()
 
 
+class _RecordedTimer:
+    """A timer whose last setting is kept in ``store[slot]`` (cleared: removed)."""
+
+    __slots__ = ("_store", "_slot")
+
+    def __init__(self, store: dict, slot):
+        self._store, self._slot = store, slot
+
+    def set(self, timestamp, *args, **kwargs):
+        self._store[self._slot] = timestamp
+
+    def clear(self, *args, **kwargs):
+        self._store.pop(self._slot, None)
+
+
 def _plan_of(method) -> list:
     """``(parameter, kind, state spec)`` of a DoFn method's state, timer, key, window and
     timestamp parameters."""
@@ -103,12 +118,14 @@ class KeyedDoFnDriver:
     The parameters are read from the DoFn's signature (state, timers, key, window), so a new
     state cell or timer in the DoFn needs no change here. Timers set by the DoFn never fire by
     themselves (the benchmark measures per-element work); ``fire`` calls a timer callback when
-    the caller decides."""
+    the caller decides. ``record_timers``: each timer's last setting is kept in ``timers``
+    under ``(key, parameter name)``, for a test that fires them when they are due."""
 
-    def __init__(self, dofn: beam.DoFn, stateless: bool = False):
+    def __init__(self, dofn: beam.DoFn, stateless: bool = False, record_timers: bool = False):
         self.dofn = dofn
         self.stateless = stateless
         self.store: dict = {}
+        self.timers: Optional[dict] = {} if record_timers else None
         self._kwargs: dict = {}  # key → process's arguments; (callback, key) → a timer callback's
         self._plans: dict = {}  # timer callback → its parameters
         if hasattr(dofn, "setup"):
@@ -151,7 +168,7 @@ class KeyedDoFnDriver:
             if kind == "state":
                 kwargs[name] = self._state(key, spec)
             elif kind == "timer":
-                kwargs[name] = _NO_TIMER
+                kwargs[name] = _NO_TIMER if self.timers is None else _RecordedTimer(self.timers, (key, name))
             elif kind == "key":
                 kwargs[name] = key
             elif kind == "window":

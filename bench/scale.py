@@ -57,15 +57,18 @@ def run(base: CorpusSpec, log_dir: str, sizes: Sequence[int] = SIZES, main_corpu
         points.append(measure(corpus, log_dir, log))
     curve = []
     for p in points:
-        net = max(p["cpu"] - p["fixed_cpu"], 1e-9)
+        # A size too small for its cost to stand out of the fixed cost's noise has no figure
+        # (None), rather than a ratio of noise.
+        net = p["cpu"] - p["fixed_cpu"]
+        measurable = net > 0.05 * p["fixed_cpu"]
         curve.append({
             "events": p["events"],
             "users": p["corpus"]["users"],
             "cpu_seconds": round(p["cpu"], 2),
             "wall_seconds": round(p["wall"], 2),
             "fixed_cpu_seconds": round(p["fixed_cpu"], 2),
-            "us_per_event_cpu": round(1e6 * net / p["events"], 1),
-            "events_per_cpu_s": round(p["events"] / net),
+            "us_per_event_cpu": round(1e6 * net / p["events"], 1) if measurable else None,
+            "events_per_cpu_s": round(p["events"] / net) if measurable else None,
             "state_bytes_per_event": p["state"]["per_operation_bytes_per_event"],
             "state_channel_bytes_per_event": p["state"]["bytes_per_event"],
             "state_by_stage": {stage: {k: v[k] for k in ("bytes_read_per_event", "bytes_written_per_event",
@@ -84,7 +87,8 @@ def run(base: CorpusSpec, log_dir: str, sizes: Sequence[int] = SIZES, main_corpu
         "sizes": [c["events"] for c in curve],
         "events_per_user": EVENTS_PER_USER,
         "curve": curve,
-        "cost_ratio_largest_to_smallest": round(largest["us_per_event_cpu"] / smallest["us_per_event_cpu"], 3),
+        "cost_ratio_largest_to_smallest": (round(largest["us_per_event_cpu"] / smallest["us_per_event_cpu"], 3)
+                                           if largest["us_per_event_cpu"] and smallest["us_per_event_cpu"] else None),
         "state_bytes_per_event": max(state_sizes),
         "state_channel_bytes_per_event": max(c["state_channel_bytes_per_event"] for c in curve),
         "state_ratio_largest_to_smallest": round(state_sizes[-1] / max(state_sizes[0], 1e-9), 3),

@@ -67,7 +67,11 @@ def test_scale_curve(corpus, tmp_path):
     result = scale.run(corpus.spec, str(tmp_path), sizes=(200, 400), log=lambda *a: None)
     assert [c["events"] for c in result["curve"]] == [200, 400]
     assert [c["users"] for c in result["curve"]] == [10, 20]  # one user per 20 events
-    assert result["cost_ratio_largest_to_smallest"] > 0
+    # At these sizes the cost may not stand out of the fixed cost's noise: then no figure.
+    costs = [c["us_per_event_cpu"] for c in result["curve"]]
+    assert all(c is None or c > 0 for c in costs)
+    ratio = result["cost_ratio_largest_to_smallest"]
+    assert (ratio is None) == (None in costs) and (ratio is None or ratio > 0)
     assert result["state_bytes_per_event"] == max(c["state_bytes_per_event"] for c in result["curve"]) > 0
     # State was metered in every keyed stage, on the state channel and per operation.
     state = result["state_detail_largest"]

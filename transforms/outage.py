@@ -55,7 +55,7 @@ class Hold(NamedTuple):
     last_status: Optional[int] = None
     drained: int = 0  # entries at the front of the queue bag already handled
     counted: int = 0  # seconds of this hold already added to the outage_seconds counter
-    retries: int = 1  # retry rounds so far (for the backoff)
+    retries: int = 1  # rounds in a row in which Braze took nothing (for the backoff)
     last_failed_at: float = 0.0  # when the first held request last failed
     strikes: int = 0  # its failures in a row while Braze took other requests of the sync
 

@@ -136,7 +136,10 @@ class HoldingMixin:
                 else:
                     held.clear()
                 return
-            hold = hold._replace(retries=hold.retries + 1, strikes=strikes, last_failed_at=self._clock(),
+            # The backoff grows only while Braze takes nothing: a round that sent some of the
+            # queue before a request failed again starts the next one from the shortest delay.
+            retries = 1 if handled > len(expired) else hold.retries + 1
+            hold = hold._replace(retries=retries, strikes=strikes, last_failed_at=self._clock(),
                                  head_tries=(hold.head_tries if same_head else 0) + sent.attempts,
                                  head_failed_at=hold.head_failed_at if same_head else now,
                                  head_seconds=(hold.head_seconds if same_head else 0.0) + sent.seconds,
