@@ -16,7 +16,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
-from transforms.batching import EMPTY_FILL, RequestLimits, collapse, pack_more, shard_key
+from transforms.packing import EMPTY_FILL, RequestLimits, collapse, pack_more, shard_key
 from transforms.braze_client import build_track_body
 from transforms.identify import IdentifyDoFn
 from transforms.parse import parse_message

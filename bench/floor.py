@@ -36,7 +36,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.config import Sync
-from transforms.batching import END_OF_WINDOW_MICROS, MAX_OBJECTS, shard_key
+from transforms.batching import END_OF_WINDOW_MICROS
+from transforms.packing import MAX_OBJECTS, shard_key
 from transforms.braze_client import BrazeClient, build_track_body
 from transforms.coders import BATCH, ITEM, REQUEST, STATE_CODER, WORK, JsonBag, JsonValue, typed
 from transforms.dedup import dedup_key

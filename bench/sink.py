@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bench import sink_drain
 from bench.common import MAX_OBJECTS, Corpus, all_requests, bench_key, bench_syncs, job_default, objects_in, simulator
 from bench.driver import PureJob
-from transforms.batching import RequestLimits, pack
+from transforms.packing import RequestLimits, pack
 from transforms.records import Request
 from transforms.sink import WriteToBraze
 

@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from bench.common import all_requests, bench_key, objects_in
 from bench.driver import KeyedDoFnDriver, PureJob
 from transforms import sink
-from transforms.batching import RequestLimits, pack, shard_key
+from transforms.packing import RequestLimits, pack, shard_key
 from transforms.records import Request
 
 KEY = "us-app#0"

@@ -1,7 +1,7 @@
 """The packer never exceeds Braze's caps: 75 objects (combined or per type) and 4 MB."""
 import pytest
 
-from transforms.batching import RequestLimits, pack, shard_key
+from transforms.packing import RequestLimits, pack, shard_key
 from transforms.records import ATTRIBUTES, EVENTS, PURCHASES, BrazeItem
 
 
@@ -46,7 +46,7 @@ def test_one_user_always_lands_on_the_same_shard():
 
 # --- One user, one request, one attribute object -------------------------------------------
 
-from transforms.batching import collapse  # noqa: E402
+from transforms.packing import collapse  # noqa: E402
 
 
 def attrs(user, seq, before=None, source=None, **values):
