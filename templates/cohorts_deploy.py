@@ -8,8 +8,11 @@
 ``make template-cohorts``, ``make launch-cohorts`` and ``make schedule`` call these; ``DRY_RUN=1``
 prints the gcloud commands instead of running them.
 
-The templates use the image ``make template`` builds for the streaming job (one image launches
-either job): each spec names its entry point with ``--env FLEX_TEMPLATE_PYTHON_PY_FILE``.
+The templates use the image ``make template`` builds (``templates/cloudbuild.yaml``): the specs
+name its ``-cohorts`` tag (``templates.deploy.cohorts_image``), whose only difference is the
+launcher's entry point (``gcloud dataflow flex-template build`` takes ``--image`` or ``--env``,
+never both), and every launch passes ``gcloud.image`` as ``sdk_container_image``, so the
+workers run the same packages and install nothing at start-up.
 ``schedule`` creates (or updates, when it exists) a Cloud Scheduler job per sync that
 Cloud Scheduler runs (``source: download`` with cadence hourly or daily, and ``source: feed``
 with ``reconcile``): an HTTP call to Dataflow's ``flexTemplates:launch`` for the batch
@@ -37,11 +40,10 @@ import sys
 import zlib
 from typing import List
 
-from templates.deploy import parameters_flag
+from templates.deploy import WORKER_IMAGE_PARAMETER, cohorts_image, parameters_flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV_DIR = os.path.join(ROOT, "templates", "env", "cohorts")
-ENTRY_POINT = "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipeline/cohorts.py"
 ENV_KEYS = ("description", "gcloud", "cohorts_file", "parameters", "feed_parameters", "batch_parameters")
 GCLOUD_REQUIRED = ("project", "region", "image", "batch_template_file", "feed_template_file", "feed_job_name",
                    "batch_job_prefix", "service_account_email")
@@ -110,8 +112,8 @@ def validate(document: dict) -> List[str]:
 def template_commands(document: dict) -> List[List[str]]:
     g = document["gcloud"]
     return [["gcloud", "dataflow", "flex-template", "build", g[f"{kind}_template_file"], f"--project={g['project']}",
-             f"--image={g['image']}", "--sdk-language=PYTHON",
-             f"--metadata-file=templates/cohorts-{kind}-metadata.json", f"--env={ENTRY_POINT}"]
+             f"--image={cohorts_image(g['image'])}", "--sdk-language=PYTHON",
+             f"--metadata-file=templates/cohorts-{kind}-metadata.json"]
             for kind in ("batch", "feed")]
 
 
@@ -129,7 +131,8 @@ def launch_commands(document: dict, update: bool = False) -> List[List[str]]:
     for key in GCLOUD_OPTIONAL:
         if key in g and g[key] not in (False, None, ""):
             run.append(f"--{key.replace('_', '-')}" + ("" if g[key] is True else f"={g[key]}"))
-    run.append(parameters_flag({**document["parameters"], **document.get("feed_parameters", {})}))
+    run.append(parameters_flag({**document["parameters"], **document.get("feed_parameters", {}),
+                                WORKER_IMAGE_PARAMETER: g["image"]}))
     if update:
         run.append("--update")
     return [_upload(document), run]
@@ -154,7 +157,8 @@ def schedule_commands(document: dict) -> List[List[str]]:
         if not sync.schedule:
             continue
         name = f"{g['batch_job_prefix']}-{sync.name}".lower()
-        parameters = {**document["parameters"], **document.get("batch_parameters", {}), "sync": sync.name}
+        parameters = {**document["parameters"], **document.get("batch_parameters", {}), "sync": sync.name,
+                      WORKER_IMAGE_PARAMETER: g["image"]}
         if sync.source == "feed":
             parameters["reconcile"] = "true"
         environment = {"serviceAccountEmail": g["service_account_email"]}

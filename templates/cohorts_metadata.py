@@ -7,11 +7,11 @@
   it for scheduled download syncs; a person for bootstraps, reconciles and one-time syncs);
 * ``templates/cohorts-feed-metadata.json``: the streaming mode over Amplitude's Pub/Sub cohort feed.
 
-Both templates run the same container image as the streaming job; the template spec picks the
-entry point (``FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipeline/cohorts.py``, set by
-``templates.cohorts_deploy``). Each parameter's help, default and regex come from the option
-(``pipeline.cohort_options``), rendered by the streaming template's own helpers
-(``templates.build_metadata``).
+Both templates launch from the image's ``-cohorts`` tag (its entry point is the cohort job,
+``templates/entrypoints/cohorts.py``) and declare ``sdk_container_image``, which
+``templates.cohorts_deploy`` sets so the workers run the same image. Each parameter's help,
+default and regex come from the option (``pipeline.cohort_options``), rendered by the streaming
+template's own helpers (``templates.build_metadata``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys
 from typing import Dict, List
 
 from pipeline.cohort_options import REQUIRED_BATCH, REQUIRED_FEED, option_actions
-from templates.build_metadata import _default_value, _help, _param_type, _regexes
+from templates.build_metadata import BEAM_PARAMETERS, _default_value, _help, _param_type, _regexes
 
 TEMPLATES = os.path.dirname(os.path.abspath(__file__))
 BATCH_PATH = os.path.join(TEMPLATES, "cohorts-batch-metadata.json")
@@ -74,7 +74,7 @@ def parameters(kind: str) -> List[dict]:
         if regexes:
             parameter["regexes"] = regexes
         out.append(parameter)
-    return out
+    return out + [dict(p) for p in BEAM_PARAMETERS]
 
 
 def build(kind: str) -> dict:

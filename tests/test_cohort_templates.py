@@ -30,7 +30,8 @@ def test_every_option_is_a_parameter_of_a_template_with_a_label():
     batch = {p["name"]: p for p in cohorts_metadata.build("batch")["parameters"]}
     feed = {p["name"]: p for p in cohorts_metadata.build("feed")["parameters"]}
     options = {a.dest for a, _ in option_actions()} - set(cohorts_metadata.NEVER)
-    assert options == set(batch) | set(feed)
+    assert options | {"sdk_container_image"} == set(batch) | set(feed)
+    assert "sdk_container_image" in batch and "sdk_container_image" in feed  # the workers' image
     assert options <= set(cohorts_metadata.LABELS)
     assert [n for n, p in batch.items() if not p["isOptional"]] == ["config", "sync", "state_dir"]
     assert sorted(n for n, p in feed.items() if not p["isOptional"]) == [
@@ -43,9 +44,15 @@ def test_the_dev_env_is_valid_and_templates_pick_the_cohort_entry_point():
     commands, _ = _dry_run("template")
     assert [c[4] for c in commands] == ["gs://acme-braze-dev-dataflow/templates/amplitude-braze-cohorts-batch.json",
                                         "gs://acme-braze-dev-dataflow/templates/amplitude-braze-cohorts-feed.json"]
-    assert all("--env=FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipeline/cohorts.py" in c for c in commands)
-    image = cohorts_deploy.load_env("dev")["gcloud"]["image"]
-    assert all(f"--image={image}" in c for c in commands)  # the image `make template` builds for both jobs
+    # gcloud takes --image or --env, never both: the image's -cohorts tag carries the entry point
+    # (templates/Dockerfile, stage `cohorts`), pushed by the same build as the streaming job's.
+    assert not any(flag.startswith("--env") for c in commands for flag in c[5:])
+    assert all("--image=us-central1-docker.pkg.dev/acme-braze-dev/dataflow/amplitude-braze-cohorts:0.1.0" in c
+               for c in commands)
+    with open(os.path.join(ROOT, "templates/Dockerfile"), encoding="utf-8") as f:
+        dockerfile = f.read()
+    cohorts_stage = dockerfile.split(" AS cohorts", 1)[1].split("\nFROM ", 1)[0]
+    assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/entrypoints/cohorts.py" in cohorts_stage
 
 
 def test_launch_starts_the_streaming_mode_from_the_feed_template():
@@ -55,7 +62,8 @@ def test_launch_starts_the_streaming_mode_from_the_feed_template():
     assert run[:5] == ["gcloud", "dataflow", "flex-template", "run", "amplitude-braze-cohort-feed"]
     parameters = dict(p.split("=", 1) for p in run[-1][len("--parameters="):].split(","))
     assert parameters["input_subscription"] == "projects/acme-braze-dev/subscriptions/amplitude-cohort-feed-braze"
-    assert set(parameters) == {"config", "state_dir", "input_subscription", "dead_letter_topic"}
+    assert set(parameters) == {"config", "state_dir", "input_subscription", "dead_letter_topic", "sdk_container_image"}
+    assert parameters["sdk_container_image"] == cohorts_deploy.load_env("dev")["gcloud"]["image"]  # workers install nothing
 
 
 def test_schedule_prints_one_scheduler_job_per_scheduled_sync():
@@ -78,6 +86,7 @@ def test_schedule_prints_one_scheduler_job_per_scheduled_sync():
         body = json.loads(f["message-body"])["launchParameter"]
         assert body["containerSpecGcsPath"].endswith("amplitude-braze-cohorts-batch.json")
         assert body["parameters"]["sync"] == sync and body["parameters"]["config"].startswith("gs://")
+        assert body["parameters"]["sdk_container_image"] == cohorts_deploy.load_env("dev")["gcloud"]["image"]
     weekly, daily = flags["cohort-sync-power-users"]["schedule"], flags["cohort-sync-power-users-devices"]["schedule"]
     assert weekly.endswith(" * * 1") and daily.endswith(" * * *") and len(daily.split()) == 5
     assert json.loads(flags["cohort-sync-power-users"]["message-body"])["launchParameter"]["parameters"][
