@@ -10,7 +10,10 @@ Batch (``pipeline.cohort_batch``): one run of one sync. Its membership is ``--sn
 given, else a download from Amplitude's cohort API (``source: download``, and the bootstrap or
 ``--reconcile`` of a ``source: feed`` sync). Cloud Scheduler launches scheduled syncs
 (``make schedule``). Exit status: 0 success, 1 failed run, 2 refused (bad options or config,
-a renamed target). An option that neither this job nor Beam declares is refused before anything
+a renamed target). With a local runner the run's steps run here; with Dataflow the options and
+the sync are checked here, then the run goes to a worker as a one-step job
+(``pipeline.cohort_launch``) and this returns 0 once it is submitted, as a flex template's
+launcher must. An option that neither this job nor Beam declares is refused before anything
 starts, with the closest known name (``pipeline.cli``), as the streaming job does.
 
 Streaming (``pipeline.cohort_feed``): every ``source: feed`` sync of the cohorts file (or only
@@ -25,6 +28,7 @@ from typing import List, Optional
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.cohort_batch import RunSwitches, SyncOutcome, plan_sync, run_batch_sync
+from pipeline.cohort_launch import build_batch_launch, runs_in_place
 from pipeline.cohort_config import ConfigError, load_cohorts
 from pipeline.cli import usable_argv
 from pipeline.cohort_options import SHARED_OPTIONS, CohortOptions, check_cohort_options, cohort_settings, help_text
@@ -84,6 +88,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(f"pipeline.cohorts: sync {plan.sync.name!r} has source: snapshot; pass --snapshot FILE (or set "
               "source: download in the cohorts file to fetch it from Amplitude)", file=sys.stderr)
         return 2
+    if not runs_in_place(options):
+        result = build_batch_launch(options, argv).run()  # not waited for: the launcher must return
+        print(f"{plan.sync.name}: launched the run as job {getattr(result, 'job_id', lambda: '?')()}; its report "
+              f"goes to {plan.report_dir}")
+        return 0
     switches = RunSwitches(allow_empty=o.allow_empty, allow_mass_removal=o.allow_mass_removal,
                            use_download_reserve=o.use_download_reserve, reconcile=o.reconcile,
                            lease_minutes=o.lease_minutes, download_deadline_minutes=o.download_deadline_minutes)

@@ -21,9 +21,10 @@ must find unchanged. It works on any job's graph, the cohort job's included.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 from unittest import mock
 
 import apache_beam as beam
@@ -33,8 +34,8 @@ from apache_beam.portability.api import beam_runner_api_pb2, schema_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 from apache_beam.runners.pipeline_context import PipelineContext
 
-__all__ = ["JobRequest", "StatefulStep", "offline_job_request", "stateful_steps", "coder_signature",
-           "OFFLINE_FLAGS", "RUNNING_JOB_ID"]
+__all__ = ["JobRequest", "StatefulStep", "offline_job_request", "offline_argv", "kept_submissions",
+           "read_job_request", "stateful_steps", "coder_signature", "OFFLINE_FLAGS", "RUNNING_JOB_ID"]
 
 # The flags that keep DataflowRunner off the network (see the module docstring).
 OFFLINE_FLAGS = ("--runner=DataflowRunner", "--dataflow_endpoint=http://localhost:1", "--no_auth")
@@ -86,7 +87,23 @@ def offline_job_request(build: Callable[[PipelineOptions], beam.Pipeline], argv:
     local directory that serves as temp and staging location.
     """
     os.makedirs(staging_dir, exist_ok=True)
-    submitted = []
+    with kept_submissions() as submitted:
+        pipeline = build(PipelineOptions(offline_argv(argv, staging_dir)))
+        pipeline.run()  # not wait_until_finish(): that would poll the API, as a `with` block does
+    return read_job_request(submitted, staging_dir)
+
+
+def offline_argv(argv: Sequence[str], staging_dir: str) -> List[str]:
+    """``argv`` with the flags that keep DataflowRunner offline and ``staging_dir`` as temp location."""
+    return [*argv, *OFFLINE_FLAGS, f"--temp_location={staging_dir}"]
+
+
+@contextlib.contextmanager
+def kept_submissions() -> Iterator[list]:
+    """Within it, a job DataflowRunner submits is appended to the yielded list instead of sent
+    (and ``--update`` finds ``RUNNING_JOB_ID`` running): for a program that builds and runs its
+    own pipeline, such as a template's launcher, run with ``offline_argv``."""
+    submitted: list = []
 
     def keep(client, job):
         from google.cloud import dataflow
@@ -94,11 +111,13 @@ def offline_job_request(build: Callable[[PipelineOptions], beam.Pipeline], argv:
         submitted.append(job)
         return dataflow.Job(id="offline-job-id", name=job.proto.name)
 
-    argv = [*argv, *OFFLINE_FLAGS, f"--temp_location={staging_dir}"]
     with mock.patch.object(apiclient.DataflowApplicationClient, "submit_job_description", keep), \
             mock.patch.object(apiclient.Job, "job_id_for_name", lambda self, name: RUNNING_JOB_ID):
-        pipeline = build(PipelineOptions(argv))
-        pipeline.run()  # not wait_until_finish(): that would poll the API, as a `with` block does
+        yield submitted
+
+
+def read_job_request(submitted: list, staging_dir: str) -> JobRequest:
+    """The one job in ``submitted``, with the graph staged in ``staging_dir``."""
     if len(submitted) != 1:
         raise RuntimeError(f"expected one submitted job, got {len(submitted)}")
     with open(os.path.join(staging_dir, "pipeline.pb"), "rb") as f:
