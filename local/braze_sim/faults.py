@@ -3,6 +3,8 @@
 Every fault except ``apply_then_error_rate`` happens before the request is applied, so a 5xx,
 a hang or a drop means nothing was written. ``apply_then_error_rate`` applies the request and
 then answers 500: the ambiguous case Braze documents, where a retry double-counts events.
+``poison_marker``: every request whose body holds this string answers the first of
+``error_statuses``, however often it is sent (a request Braze fails on, while it takes others).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Optional
 
 _RATES = ("error_rate", "hang_rate", "drop_rate", "apply_then_error_rate", "rate_limit_rate")
 _NUMBERS = ("retry_after_seconds", "latency_ms", "hang_seconds", "rate_limit_burst_size")
-KNOWN = frozenset(_RATES + _NUMBERS + ("error_statuses", "rate_limit_burst", "seed"))
+KNOWN = frozenset(_RATES + _NUMBERS + ("error_statuses", "rate_limit_burst", "seed", "poison_marker"))
 _SERVER_ERRORS = frozenset(s.value for s in http.HTTPStatus if 500 <= s.value <= 599)
 DEFAULTS = {"error_statuses": [500, 502, 503], "retry_after_seconds": 1, "latency_ms": 0,
             "hang_seconds": 30, "rate_limit_burst": 0, "rate_limit_burst_size": 3}
@@ -37,6 +39,9 @@ def check(spec) -> Optional[str]:
     burst = spec.get("rate_limit_burst", 0)
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
         return "'rate_limit_burst' must be an integer >= 0"
+    marker = spec.get("poison_marker")
+    if marker is not None and (not isinstance(marker, str) or not marker):
+        return "'poison_marker' must be a non-empty string"
     statuses = spec.get("error_statuses", [500])
     if not isinstance(statuses, list) or not statuses or \
             not all(isinstance(s, int) and s in _SERVER_ERRORS for s in statuses):
@@ -65,10 +70,13 @@ class Faults:
     def latency_seconds(self) -> float:
         return self.config["latency_ms"] / 1000.0
 
-    def decide(self) -> Optional[tuple]:
+    def decide(self, body: bytes = b"") -> Optional[tuple]:
         """None, or (kind, detail): ("burst", retry_after), ("drop", None),
         ("hang", seconds), ("error", status) or ("apply_then_error", 500)."""
         config = self.config
+        marker = config.get("poison_marker")
+        if marker and marker.encode("utf-8") in body:
+            return "error", config["error_statuses"][0]
         with self._lock:
             if self._burst_left > 0:
                 self._burst_left -= 1

@@ -272,7 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
         latency = sim.faults.latency_seconds()
         if latency:
             sim.wait(latency)
-        fault = sim.faults.decide()
+        fault = sim.faults.decide(raw)
         if fault and fault[0] != "apply_then_error":
             self._fault(sim, path, received_at, raw, fault, headers)
             return
