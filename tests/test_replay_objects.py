@@ -85,6 +85,28 @@ def test_values_are_sanitised_as_fresh_ones_and_the_fixes_named():
     assert changes == ("truncated_string", "truncated_array")
 
 
+STANDARD = {"name": "std", "endpoint": "http://127.0.0.1:1", "api_key": "env:K4",
+            "users": {"properties": ["email", "country", "dob", "plan"]}}
+
+
+def test_standard_attributes_are_formatted_as_fresh_ones_or_refused():
+    rules = {"std": ReplayRules(parse_syncs({"syncs": [STANDARD]}, allow_insecure_endpoints=True)[0])}
+
+    def replay(obj):
+        return replayed_item(orjson.dumps({"external_id": "u-1", **obj}), {"sync": "std", "kind": ATTRIBUTES},
+                             rules, "m-1/0")
+
+    item, _ = replay({"email": " Ada@Example.COM ", "country": "Germany", "dob": "1990-01-02", "plan": "pro"})
+    assert item.obj == {"external_id": "u-1", "email": "ada@example.com", "country": "DE", "dob": "1990-01-02",
+                        "plan": "pro"}
+    # What the job itself sent passes unchanged (a replay of its own dead letter).
+    again, _ = replay({k: v for k, v in item.obj.items() if k != "external_id"})
+    assert again.obj == item.obj
+    refusal = replay({"email": "not an email", "country": "Atlantis", "plan": "pro"})
+    assert isinstance(refusal, Refusal) and refusal.reason == "invalid_standard_attribute"
+    assert "email: invalid_email" in refusal.detail and "country: unknown_country" in refusal.detail
+
+
 def test_a_purchase_passes_when_the_sync_sends_purchases():
     purchase = {"external_id": "u-1", "product_id": "sku-1", "currency": "EUR", "price": 9.5, "quantity": 2,
                 "time": TIME}

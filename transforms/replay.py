@@ -22,7 +22,8 @@ checks a fresh object passes before it may reach the packer, branch ``replay``:
 * properties (events, purchases) and attribute names are among those the sync selects or
   maps to (``properties`` and ``mappings`` targets);
 * values are sanitised exactly as fresh ones (``transforms.sanitize``, counted
-  ``sanitize.<change>``).
+  ``sanitize.<change>``), and standard attributes formatted as fresh ones
+  (``transforms.standard_attributes``: one no format fixes is ``invalid_standard_attribute``).
 
 Anything else becomes a ``DeadLetter`` (stage ``replay``, a reason, the data unchanged, so it
 can be fixed and replayed again) and an ``Outcome`` for the message's source
@@ -53,6 +54,7 @@ from transforms.parse import MAX_EVENT_DEPTH, MAX_MESSAGE_BYTES, MAX_STRING_CHAR
 from transforms.records import ATTRIBUTES, BRAZE_OBJECT, DEAD_LETTERED, EVENTS, KINDS, PURCHASES, BrazeItem, \
     DeadLetter, Outcome, utc_now_iso
 from transforms.sanitize import clean_attributes, clean_properties
+from transforms.standard_attributes import format_standard
 from transforms.track import NOT_TRACKED_EVENT_TYPES
 
 __all__ = ["STAGE", "REPLAY_BRANCH", "DEAD_LETTER_TAG", "OUTCOME_TAG", "Refusal", "ReplayRules", "replayed_item",
@@ -210,6 +212,17 @@ def _attributes(body: dict, rules: ReplayRules):
     if not cleaned:
         why = "; ".join(f"{name}: {reason}" for name, reason in omitted) or "the object has no attribute"
         return Refusal("nothing_to_send", f"no attribute left to send ({why})")
+    # A standard attribute in Braze's format, as a fresh one is (an email lower-cased, a country
+    # as its code); one no format fixes refuses the object, so it can be corrected and replayed.
+    refused = []
+    for name, value in cleaned.items():
+        formatted = format_standard(name, value)
+        if formatted.reason:
+            refused.append(f"{name}: {formatted.reason}")
+        elif formatted.value != value:
+            cleaned[name] = formatted.value
+    if refused:
+        return Refusal("invalid_standard_attribute", "Braze would not take " + "; ".join(refused))
     return cleaned, changes
 
 
