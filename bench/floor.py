@@ -5,8 +5,9 @@ measured against (``beam_batch`` on the FnApiRunner, ``streaming`` on the Bundle
              → FloorIdentify (sync|user) → UserBatch → FloorPack (sync#shard) → FloorSend (sync#shard)
 
 What it keeps from the job: the same keys (``dedup_key``, ``identify_key``, ``shard_key``), the
-same state cells (names and coders) and timers of each keyed stage, the same record types and so
-the same coders, and the same cadence: an update waits in its user's buffer until the watermark
+same state cells and timers of each keyed stage (the job's DoFns' own specs, so they cannot
+drift), the same ordering helpers (``release_plan``, the sink's ``in_order``), the same record
+types and so the same coders, and the same cadence: an update waits in its user's buffer until the watermark
 passes its publish time plus the lateness, a user's batch waits for its predecessor, a request
 leaves at 75 objects or after ``max_wait_seconds``, a key's requests go in their packed order,
 and each request is POSTed to Braze (the simulator) as the job's are.
@@ -29,25 +30,30 @@ from typing import Tuple
 import apache_beam as beam
 import orjson
 from apache_beam import pvalue
-from apache_beam.coders import FloatCoder, VarIntCoder
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from pipeline.config import Sync
-from transforms.batching import END_OF_WINDOW_MICROS
+from transforms.batching import END_OF_WINDOW_MICROS, _PackDoFn, release_plan, release_time
 from transforms.packing import MAX_OBJECTS, shard_key
 from transforms.braze_client import BrazeClient, build_track_body
-from transforms.coders import BATCH, ITEM, REQUEST, STATE_CODER, WORK, JsonBag, JsonValue, typed
-from transforms.dedup import dedup_key
+from transforms.coders import BATCH, ITEM, REQUEST, WORK, JsonBag, JsonValue, typed
+from transforms.dedup import _DropRepeatsDoFn, dedup_key
 from transforms.identifiers import IdentifierMapper
-from transforms.identify import EXPIRY_SLACK, identify_key, next_tau
+from transforms.identify import EXPIRY_SLACK, LAST_TAU, IdentifyDoFn, identify_key, next_tau
 from transforms.records import ATTRIBUTES, DELIVERED, IDENTIFY, NO_PREDECESSOR, BrazeItem, IdentifyWork, \
     Outcome, ParsedEvent, Request, UserBatch
 from transforms.secrets import resolve_api_key
+from transforms.sink import _BrazeSinkDoFn, in_order
 
 BYPASS = "no_insert_id"
+
+
+def _same_timer(spec: TimerSpec) -> TimerSpec:
+    """A job DoFn's timer, as this floor's own: Beam binds a TimerSpec to one callback, so the
+    floor copies its name and time domain (a state spec it takes as it is)."""
+    return TimerSpec(spec.name, spec.time_domain)
 SOURCE_ATTRIBUTE = "bench_source"
 
 
@@ -81,17 +87,20 @@ class _FloorKeyByInsertIdDoFn(beam.DoFn):
 
 
 class _FloorDropRepeatsDoFn(beam.DoFn):
-    SEEN = ReadModifyWriteStateSpec("seen", VarIntCoder())
-    FORGET = TimerSpec("forget", TimeDomain.REAL_TIME)
+    """``_DropRepeatsDoFn``'s state and timer (its own specs): remember a key for the window."""
+
+    SEEN = _DropRepeatsDoFn.SEEN
+    FORGET = _same_timer(_DropRepeatsDoFn.FORGET)
 
     def __init__(self, window_seconds: float):
         self._window = window_seconds
 
-    def process(self, element, seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
+                seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
         if seen.read():
             return
         seen.write(1)
-        forget.set(Timestamp.of(time.time() + self._window))
+        forget.set(min(timestamp + self._window, window.max_timestamp()))
         yield element[1]
 
     @on_timer(FORGET)
@@ -122,11 +131,8 @@ class _FloorRouteDoFn(beam.DoFn):
 class _FloorIdentifyDoFn(beam.DoFn):
     """``IdentifyDoFn``'s state, timers and flush cadence; the user state only counts."""
 
-    USER = ReadModifyWriteStateSpec("user", STATE_CODER)
-    PENDING = BagStateSpec("pending", STATE_CODER)
-    FLUSH_DUE = ReadModifyWriteStateSpec("flush_due", FloatCoder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
-    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
+    USER, PENDING, FLUSH_DUE = IdentifyDoFn.USER, IdentifyDoFn.PENDING, IdentifyDoFn.FLUSH_DUE
+    EXPIRY, FLUSH = _same_timer(IdentifyDoFn.EXPIRY), _same_timer(IdentifyDoFn.FLUSH)
 
     def __init__(self, lateness_seconds: float, ttl_seconds: float):
         self._lateness = lateness_seconds
@@ -164,7 +170,7 @@ class _FloorIdentifyDoFn(beam.DoFn):
             return
         sync, user_key = key.split("|", 1)
         state = user_state.read() or {"n": 0}
-        deadline = time.time() + self._ttl
+        deadline = min(fired_at.micros / 1e6 + self._ttl, LAST_TAU / 1e6)  # event time, as the job's
         if state.get("e") is None or deadline - state["e"] > self._ttl * EXPIRY_SLACK:
             expiry.set(Timestamp.of(deadline))
             state["e"] = deadline
@@ -186,14 +192,10 @@ class _FloorIdentifyDoFn(beam.DoFn):
 class _FloorPackDoFn(beam.DoFn):
     """``_PackDoFn``'s state and timers: hold a batch until its predecessor, fill, number."""
 
-    HELD = BagStateSpec("held", STATE_CODER)
-    RELEASE_AT = ReadModifyWriteStateSpec("release_at", VarIntCoder())
-    ITEMS = BagStateSpec("items", STATE_CODER)
-    FILL = ReadModifyWriteStateSpec("fill", STATE_CODER)
-    NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
-    RELEASE = TimerSpec("release", TimeDomain.WATERMARK)
-    BUFFERING = TimerSpec("buffering_end", TimeDomain.REAL_TIME)
-    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+    HELD, RELEASE_AT, ITEMS, FILL = _PackDoFn.HELD, _PackDoFn.RELEASE_AT, _PackDoFn.ITEMS, _PackDoFn.FILL
+    NEXT_SEQ = _PackDoFn.NEXT_SEQ
+    RELEASE, BUFFERING = _same_timer(_PackDoFn.RELEASE), _same_timer(_PackDoFn.BUFFERING)
+    WINDOW_END = _same_timer(_PackDoFn.WINDOW_END)
 
     def __init__(self, max_wait_seconds: float):
         self._max_wait = max_wait_seconds
@@ -207,7 +209,7 @@ class _FloorPackDoFn(beam.DoFn):
         cells = (JsonBag(items, ITEM), JsonValue(fill), next_seq, buffering)
         if timestamp.micros >= window.max_timestamp().micros - END_OF_WINDOW_MICROS:
             held = JsonBag(held, BATCH)
-            ready = sorted(held.read() + [batch], key=lambda b: b.tau)
+            ready, _ = release_plan(held.read() + [batch], MAX_TIMESTAMP.micros)
             held.clear()
             release_at.clear()
             for b in ready:
@@ -218,9 +220,9 @@ class _FloorPackDoFn(beam.DoFn):
         else:
             JsonBag(held, BATCH).add(batch)
             at = release_at.read()
-            if at is None or batch.after < at:
-                release.set(Timestamp(micros=batch.after))
-                release_at.write(batch.after)
+            if at is None or release_time(batch) < at:
+                release.set(Timestamp(micros=release_time(batch)))
+                release_at.write(release_time(batch))
 
     @on_timer(RELEASE)
     def on_release(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam,
@@ -229,14 +231,12 @@ class _FloorPackDoFn(beam.DoFn):
                    next_seq=beam.DoFn.StateParam(NEXT_SEQ), release=beam.DoFn.TimerParam(RELEASE),
                    buffering=beam.DoFn.TimerParam(BUFFERING), window_end=beam.DoFn.TimerParam(WINDOW_END)):
         held = JsonBag(held, BATCH)
-        batches = held.read()
-        ready = sorted((b for b in batches if b.after <= fired_at.micros), key=lambda b: b.tau)
-        keep = [b for b in batches if b.after > fired_at.micros]
+        ready, keep = release_plan(held.read(), fired_at.micros)
         held.clear()
         for b in keep:
             held.add(b)
         if keep:
-            at = min(b.after for b in keep)
+            at = min(release_time(b) for b in keep)
             release.set(Timestamp(micros=at))
             release_at.write(at)
         else:
@@ -257,7 +257,7 @@ class _FloorPackDoFn(beam.DoFn):
                       fill=beam.DoFn.StateParam(FILL), next_seq=beam.DoFn.StateParam(NEXT_SEQ),
                       buffering=beam.DoFn.TimerParam(BUFFERING)):
         held = JsonBag(held, BATCH)
-        ready = sorted(held.read(), key=lambda b: b.tau)
+        ready, _ = release_plan(held.read(), MAX_TIMESTAMP.micros)
         held.clear()
         release_at.clear()
         cells = (JsonBag(items, ITEM), JsonValue(fill), next_seq, buffering)
@@ -296,13 +296,9 @@ class _FloorPackDoFn(beam.DoFn):
 class _FloorSendDoFn(beam.DoFn):
     """``_BrazeSinkDoFn``'s state and timers: a key's requests in order, each POSTed once."""
 
-    NEXT_SEQ = ReadModifyWriteStateSpec("next_seq", VarIntCoder())
-    EARLY = BagStateSpec("early", STATE_CODER)
-    EARLY_COUNT = ReadModifyWriteStateSpec("early_count", VarIntCoder())
-    QUEUE = BagStateSpec("queue", STATE_CODER)
-    HOLD = ReadModifyWriteStateSpec("hold", STATE_CODER)
-    RETRY = TimerSpec("retry", TimeDomain.REAL_TIME)
-    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+    NEXT_SEQ, EARLY, EARLY_COUNT = _BrazeSinkDoFn.NEXT_SEQ, _BrazeSinkDoFn.EARLY, _BrazeSinkDoFn.EARLY_COUNT
+    QUEUE, HOLD = _BrazeSinkDoFn.QUEUE, _BrazeSinkDoFn.HOLD
+    RETRY, WINDOW_END = _same_timer(_BrazeSinkDoFn.RETRY), _same_timer(_BrazeSinkDoFn.WINDOW_END)
 
     def __init__(self, syncs: Tuple[Sync, ...], timeout_seconds: float = 10.0):
         self._syncs = syncs
@@ -322,28 +318,9 @@ class _FloorSendDoFn(beam.DoFn):
                 queue=beam.DoFn.StateParam(QUEUE), retry=beam.DoFn.TimerParam(RETRY),
                 window_end=beam.DoFn.TimerParam(WINDOW_END)):
         _, request = element
-        early = JsonBag(early, REQUEST)
-        expected = next_seq.read() or 0
-        if request.seq > expected:
-            early.add(request)
-            early_count.write((early_count.read() or 0) + 1)
+        due = in_order(request, next_seq, JsonBag(early, REQUEST), early_count)
+        if not due:
             return
-        due = [request]
-        if early_count.read():
-            waiting = sorted(early.read(), key=lambda r: r.seq)
-            following = request.seq + 1
-            rest = []
-            for r in waiting:
-                if r.seq == following:
-                    due.append(r)
-                    following += 1
-                else:
-                    rest.append(r)
-            early.clear()
-            for r in rest:
-                early.add(r)
-            early_count.write(len(rest))
-        next_seq.write(max(expected, due[-1].seq + 1))
         JsonValue(hold).read()  # the job checks whether the key holds through an outage
         for r in due:
             yield from self._send(r)

@@ -48,15 +48,6 @@ def full_batches(corpus: Corpus, count: int, syncs):
             for i, (sync, batch) in enumerate(batches[:count])]
 
 
-def max_overlap(intervals) -> int:
-    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1]))
-    best = current = 0
-    for _, delta in points:
-        current += delta
-        best = max(best, current)
-    return best
-
-
 def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, drain_requests: int = 40,
         in_flight_limits: Sequence[int] = (1, 4, 8), log=print) -> dict:
     with simulator(log_dir, name="sim-sink") as sim, bench_key(sim.key):
@@ -70,11 +61,11 @@ def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, 
         if in_flight < MORE_IN_FLIGHT:  # what the option buys on the same batches
             client.reset()
             client.set_faults(latency_ms=latency_ms)
-            more = _in_flight_figures(_send(work, syncs, MORE_IN_FLIGHT, client)[1], latency_ms / 1000.0)
+            more = sink_drain.in_flight_figures(_send(work, syncs, MORE_IN_FLIGHT, client)[1], latency_ms / 1000.0)
         one_key = sink_drain.run(corpus, sim, syncs, requests=drain_requests, limits=in_flight_limits,
                                  latency_ms=latency_ms, log=log)
     latency = latency_ms / 1000.0
-    figures = _in_flight_figures(requests, latency)
+    figures = sink_drain.in_flight_figures(requests, latency)
     objects = figures["objects"]
     result = {
         "runner": RUNNER,
@@ -92,7 +83,7 @@ def run(corpus: Corpus, log_dir: str, batches: int = 60, latency_ms: int = 100, 
         "seconds": round(wall, 2),
     }
     if more is not None:
-        result.update({f"in_flight_{MORE_IN_FLIGHT}_{k}": v for k, v in more.items() if k != "objects"})
+        result.update({f"in_flight_{MORE_IN_FLIGHT}_{k}": v for k, v in more.items() if k not in ("objects", "requests")})
     own = {k: v["objects_per_s"] for k, v in one_key["drain_own_users"].items()}
     result.update({
         "steady_objects_per_s_per_key": one_key["steady"]["objects_per_s"],
@@ -113,17 +104,3 @@ def _send(work, syncs, in_flight: int, client):
         (p | "Batches" >> beam.Create(work).with_output_types(Tuple[str, Request])
          | "WriteToBraze" >> WriteToBraze(syncs, max_in_flight=in_flight))
     return time.perf_counter() - started, all_requests(client)
-
-
-def _in_flight_figures(requests, latency: float) -> dict:
-    """Objects/s over the span of the requests, and how many overlapped (each occupies
-    [received_at, received_at + latency])."""
-    objects = sum(objects_in(r.get("body")) for r in requests)
-    starts = sorted(r["received_at"] for r in requests)
-    span = (starts[-1] + latency - starts[0]) if starts else float("nan")
-    return {
-        "objects": objects,
-        "objects_per_s": round(objects / span, 1) if span > 0 else None,
-        "max_in_flight": max_overlap([(s, s + latency) for s in starts]),
-        "mean_in_flight": round(len(requests) * latency / span, 2) if span > 0 else None,
-    }

@@ -84,7 +84,7 @@ def steady(sim, syncs, requests: Sequence[Request], latency_ms: int) -> dict:
         driver = _driver(syncs, 1)
         for request in requests:
             driver.process((KEY, request))
-    return _figures(all_requests(client), latency_ms / 1000.0)
+    return in_flight_figures(all_requests(client), latency_ms / 1000.0)
 
 
 def drain(sim, syncs, requests: Sequence[Request], in_flight: int, latency_ms: int) -> dict:
@@ -110,15 +110,23 @@ def drain(sim, syncs, requests: Sequence[Request], in_flight: int, latency_ms: i
         seconds = time.perf_counter() - started
     sent = [r for r in all_requests(client) if r.get("status") and r["status"] < 300]
     objects = sum(objects_in(r.get("body")) for r in sent)
-    return {**_figures(sent, latency_ms / 1000.0), "objects": objects, "seconds": round(seconds, 2),
+    return {**in_flight_figures(sent, latency_ms / 1000.0), "objects": objects, "seconds": round(seconds, 2),
             "objects_per_s": round(objects / seconds, 1), "timer_firings": firings}
 
 
-def _figures(requests, latency: float) -> dict:
+def max_overlap(intervals) -> int:
+    """The most intervals ``(start, end)`` that overlap at one moment."""
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1]))
+    best = current = 0
+    for _, delta in points:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def in_flight_figures(requests, latency: float) -> dict:
     """Objects/s over the requests' span, and how many overlapped (each occupies
     [received_at, received_at + latency])."""
-    from bench.sink import max_overlap
-
     objects = sum(objects_in(r.get("body")) for r in requests)
     starts = sorted(r["received_at"] for r in requests)
     span = (starts[-1] + latency - starts[0]) if starts else float("nan")

@@ -32,6 +32,7 @@ STAGES: Sequence[Tuple[str, str]] = (
     ("DropRepeats", "dedup"),
     ("Identify", "identify"),
     ("Pack", "pack"),
+    ("DecideMerges", "merge"),
     ("SendInOrder", "sink"),
     ("WriteToBraze", "sink"),
     ("FloorSend", "sink"),

@@ -3,6 +3,7 @@ module shares and resets), unique names; the one run-and-collect helper for pipe
 (``run_and_collect``); and the markers, applied by rule (``pytest_collection_modifyitems``)."""
 import collections
 import pathlib
+import socket
 import uuid
 from typing import Callable, Dict, Optional
 
@@ -66,6 +67,21 @@ def sim(module_braze_sim):
     or rate-limit use. Send it requests with ``tests/sim_http.py``."""
     module_braze_sim.client().reset()
     return module_braze_sim
+
+
+class NetworkUsed(AssertionError):
+    """A socket connection in a test that must stay off the network."""
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection fails the test: for builds that must neither reach nor hang on
+    Google's APIs (the offline Dataflow job request, a template's launcher)."""
+    def refuse(sock, address, *args, **kwargs):
+        raise NetworkUsed(f"the test tried to connect to {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 def make_unique_name(prefix: str) -> str:

@@ -22,6 +22,7 @@ from google.cloud import dataflow
 from templates import deploy
 from templates.job_request import PICKLED_CODER_URN, RUNNING_JOB_ID, offline_job_request, stateful_steps
 from templates.stateful_steps import _stream_build, load_pins, stream_job_argv
+from tests.conftest import NetworkUsed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,19 +35,6 @@ STREAM_STEPS = sorted(load_pins()["stream"])
 # What boot may find staged without installing anything: the pipeline options' main session
 # and the launcher's pip freeze (informational: boot compares it with the worker's packages).
 INERT_ARTIFACTS = {"pickled_main_session", "submission_environment_dependencies.txt"}
-
-
-class NetworkUsed(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(sock, address, *args, **kwargs):
-        raise NetworkUsed(f"the offline job build tried to connect to {address!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 def _build(tmp_path, argv):

@@ -202,6 +202,34 @@ def _failed_request(dofn, element, failure: StageFailure):
         yield from dead_letter_outputs(item, Failure(INTERNAL_ERROR, failure.detail, None, 0), failure.error_class)
 
 
+def in_order(request: Request, next_seq, early, early_count) -> List[Request]:
+    """The requests of a key that may go now, in packing order: ``request`` and the early ones
+    it unblocks; none when ``request`` itself came early (it waits in ``early``). The cells are
+    the sink's ``next_seq``, ``early`` (a ``JsonBag`` of requests) and ``early_count``."""
+    expected = next_seq.read() or 0
+    if request.seq > expected:
+        early.add(request)
+        early_count.write((early_count.read() or 0) + 1)
+        return []
+    due = [request]
+    if early_count.read():
+        pending = sorted(early.read(), key=lambda r: r.seq)
+        following = request.seq + 1
+        rest = []
+        for r in pending:
+            if r.seq == following:
+                due.append(r)
+                following += 1
+            else:
+                rest.append(r)
+        early.clear()
+        for r in rest:
+            early.add(r)
+        early_count.write(len(rest)) if rest else early_count.clear()
+    next_seq.write(max(expected, due[-1].seq + 1))
+    return due
+
+
 class _BrazeSinkDoFn(HoldingMixin, DispatchMixin, beam.DoFn):
     """Keyed like ``transforms.batching``. State per key: ``next_seq`` (the next request to send),
     ``early`` (requests that overtook their predecessor; normally empty), and while holding,
@@ -272,8 +300,9 @@ class _BrazeSinkDoFn(HoldingMixin, DispatchMixin, beam.DoFn):
         if self._sender is None:
             self.setup()
         _, request = element
-        due = self._in_order(request, next_seq, JsonBag(early, REQUEST), early_count)
+        due = in_order(request, next_seq, JsonBag(early, REQUEST), early_count)
         if not due:
+            self._early.inc()
             return
         held = held_queue(queue, hold)
         now = self._clock()
@@ -285,33 +314,6 @@ class _BrazeSinkDoFn(HoldingMixin, DispatchMixin, beam.DoFn):
         yield from outcome.outputs
         if outcome.held:
             self._start_holding(held, outcome, now, retry, window_end, window)
-
-    def _in_order(self, request: Request, next_seq, early, early_count) -> List[Request]:
-        """The requests that may go now, in order: this one and the early ones it unblocks."""
-        expected = next_seq.read() or 0
-        if request.seq > expected:
-            early.add(request)
-            early_count.write((early_count.read() or 0) + 1)
-            self._early.inc()
-            return []
-        due = [request]
-        waiting = early_count.read() or 0
-        if waiting:
-            pending = sorted(early.read(), key=lambda r: r.seq)
-            following = request.seq + 1
-            rest = []
-            for r in pending:
-                if r.seq == following:
-                    due.append(r)
-                    following += 1
-                else:
-                    rest.append(r)
-            early.clear()
-            for r in rest:
-                early.add(r)
-            early_count.write(len(rest)) if rest else early_count.clear()
-        next_seq.write(max(expected, due[-1].seq + 1))
-        return due
 
     # -----------------------------------------------------------------------------------------
     # Holding: retries by timer, drains in order, dead letters only past the budget.
